@@ -189,7 +189,10 @@ impl<T: AvroRecord> Decoder<T> {
 
     /// Decodes with a fixed table of writer schemas and no registry.
     pub fn fixed(writers: impl IntoIterator<Item = (u32, Contract)>, reader: Contract) -> Self {
-        let table = writers.into_iter().map(|(id, c)| (id, c.schema())).collect();
+        let table = writers
+            .into_iter()
+            .map(|(id, c)| (id, c.schema()))
+            .collect();
         Self::build(Source::Fixed(table), reader)
     }
 
@@ -292,15 +295,21 @@ impl<T: AvroRecord> Decoder<T> {
     fn decode_body(&self, id: u32, plan: &Plan, body: &[u8]) -> Result<T, DecodeError> {
         let mut rest = body;
         let value = match plan {
-            Plan::Direct(reader) => reader.read_deser::<T>(&mut rest).map_err(|e| DecodeError::Body {
-                id,
-                reason: e.to_string(),
-            })?,
+            Plan::Direct(reader) => {
+                reader
+                    .read_deser::<T>(&mut rest)
+                    .map_err(|e| DecodeError::Body {
+                        id,
+                        reason: e.to_string(),
+                    })?
+            }
             Plan::Resolve(reader) => {
-                let value = reader.read_value(&mut rest).map_err(|e| DecodeError::Body {
-                    id,
-                    reason: e.to_string(),
-                })?;
+                let value = reader
+                    .read_value(&mut rest)
+                    .map_err(|e| DecodeError::Body {
+                        id,
+                        reason: e.to_string(),
+                    })?;
                 let value = value.resolve(self.contract.schema()).map_err(|e| {
                     DecodeError::Incompatible {
                         id,
@@ -323,4 +332,34 @@ impl<T: AvroRecord> Decoder<T> {
         }
         Ok(value)
     }
+}
+
+/// Decodes a record of any schema into a generic Avro value (for tools that show records of any
+/// topic), returning the writer schema id with it.
+pub async fn decode_value(
+    registry: &Registry,
+    bytes: &[u8],
+) -> Result<(u32, apache_avro::types::Value), DecodeError> {
+    let (id, body) = wire::split(bytes)?;
+    let writer = registry.schema(id).await.map_err(|e| match e {
+        RegistryError::NotFound(_) => DecodeError::UnknownSchemaId(id),
+        source => DecodeError::Registry { id, source },
+    })?;
+    let mut rest = body;
+    let body_error = |e: apache_avro::Error| DecodeError::Body {
+        id,
+        reason: e.to_string(),
+    };
+    let value = GenericDatumReader::builder(writer)
+        .human_readable(false)
+        .build()
+        .and_then(|r| r.read_value(&mut rest))
+        .map_err(body_error)?;
+    if !rest.is_empty() {
+        return Err(DecodeError::Body {
+            id,
+            reason: format!("{} trailing bytes after the record", rest.len()),
+        });
+    }
+    Ok((id, value))
 }

@@ -21,4 +21,4 @@ pub mod wire;
 
 pub use codec::{DecodeError, Decoder, EncodeError, Encoder};
 pub use contracts::Contract;
-pub use registry::{Compatibility, Registry, RegistryConfig, RegistryError};
+pub use registry::{Compatibility, Registry, RegistryArgs, RegistryConfig, RegistryError};

@@ -279,7 +279,10 @@ mod tests {
             None,
             false,
         );
-        assert!(matches!(RegistryError::from_src(nf), RegistryError::NotFound(_)));
+        assert!(matches!(
+            RegistryError::from_src(nf),
+            RegistryError::NotFound(_)
+        ));
         let conflict = SRCError::new(
             "HTTP request to schema registry failed with status 409 Conflict",
             None,
@@ -301,5 +304,46 @@ mod tests {
         let shown = format!("{c:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
         assert_eq!(c.url, "http://r:8081");
+    }
+}
+
+/// Registry flags every service shares.
+#[derive(Clone, clap::Args)]
+pub struct RegistryArgs {
+    /// Base URL of the Confluent-compatible schema registry API.
+    #[arg(
+        long = "schema-registry-url",
+        env = "SCHEMA_REGISTRY_URL",
+        default_value = "http://127.0.0.1:8081/apis/ccompat/v7"
+    )]
+    pub url: String,
+    /// Registry basic-auth user.
+    #[arg(long = "schema-registry-username", env = "SCHEMA_REGISTRY_USERNAME")]
+    pub username: Option<String>,
+    /// Registry basic-auth password (prefer the environment variable).
+    #[arg(
+        long = "schema-registry-password",
+        env = "SCHEMA_REGISTRY_PASSWORD",
+        hide_env_values = true
+    )]
+    pub password: Option<String>,
+}
+
+impl fmt::Debug for RegistryArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.config().fmt(f)
+    }
+}
+
+impl RegistryArgs {
+    pub fn config(&self) -> RegistryConfig {
+        let mut c = RegistryConfig::new(&self.url);
+        c.username = self.username.clone();
+        c.password = self.password.clone();
+        c
+    }
+
+    pub fn connect(&self) -> Result<std::sync::Arc<Registry>, RegistryError> {
+        Registry::new(self.config()).map(std::sync::Arc::new)
     }
 }

@@ -59,7 +59,10 @@ fn round_trip<T: AvroRecord + PartialEq + std::fmt::Debug>(value: T) {
     let bytes = enc.encode(&value).expect("encodes");
     assert_eq!(&bytes[..5], &[0, 0, 0, 0, 42]);
     let dec = Decoder::<T>::fixed([(42, T::CONTRACT)], T::CONTRACT);
-    let back = dec.decode_cached(&bytes).expect("fixed table").expect("decodes");
+    let back = dec
+        .decode_cached(&bytes)
+        .expect("fixed table")
+        .expect("decodes");
     assert_eq!(back, value);
 }
 
@@ -199,7 +202,8 @@ fn a_v1_reader_decodes_v2_records() {
     let bytes = Encoder::<RawEvent>::with_id(Contract::PurchaseEventV2, 2)
         .encode(&v2)
         .unwrap();
-    let dec = Decoder::<RawEventV1>::fixed([(2, Contract::PurchaseEventV2)], Contract::PurchaseEventV1);
+    let dec =
+        Decoder::<RawEventV1>::fixed([(2, Contract::PurchaseEventV2)], Contract::PurchaseEventV1);
     let v1 = dec.decode_cached(&bytes).unwrap().expect("v1 reads v2");
     assert_eq!(v1.event_id, v2.event_id);
     assert_eq!(v1.price, v2.price);
@@ -228,20 +232,31 @@ fn a_v2_reader_decodes_v1_records_with_the_default() {
     let bytes = Encoder::<RawEventV1>::with_id(Contract::PurchaseEventV1, 1)
         .encode(&v1)
         .unwrap();
-    let dec = Decoder::<RawEvent>::fixed([(1, Contract::PurchaseEventV1)], Contract::PurchaseEventV2);
+    let dec =
+        Decoder::<RawEvent>::fixed([(1, Contract::PurchaseEventV1)], Contract::PurchaseEventV2);
     let read = dec.decode_cached(&bytes).unwrap().expect("v2 reads v1");
-    assert_eq!(read, RawEvent { channel: None, ..v2 });
+    assert_eq!(
+        read,
+        RawEvent {
+            channel: None,
+            ..v2
+        }
+    );
 }
 
 #[test]
 fn bad_records_get_typed_errors() {
-    let dec = Decoder::<RawEvent>::fixed([(1, Contract::PurchaseEventV2)], Contract::PurchaseEventV2);
+    let dec =
+        Decoder::<RawEvent>::fixed([(1, Contract::PurchaseEventV2)], Contract::PurchaseEventV2);
     let code = |b: &[u8]| dec.decode_cached(b).unwrap().unwrap_err().code();
     assert_eq!(code(b""), "empty_record");
     assert_eq!(code(b"\x00\x00"), "truncated_header");
     assert_eq!(code(b"{\"json\":true}"), "bad_magic");
     assert_eq!(code(b"\x00\x00\x00\x00\x63garbage"), "unknown_schema_id");
-    assert_eq!(code(b"\x00\x00\x00\x00\x01\xff\xff\xff\xff\xff\xff"), "malformed_avro");
+    assert_eq!(
+        code(b"\x00\x00\x00\x00\x01\xff\xff\xff\xff\xff\xff"),
+        "malformed_avro"
+    );
 
     let mut good = Encoder::<RawEvent>::with_id(Contract::PurchaseEventV2, 1)
         .encode(&raw_event())
@@ -257,7 +272,10 @@ fn bad_records_get_typed_errors() {
     good.pop();
     for cut in 5..good.len() {
         let e = dec.decode_cached(&good[..cut]).unwrap();
-        assert!(matches!(e, Err(DecodeError::Body { .. })), "cut at {cut}: {e:?}");
+        assert!(
+            matches!(e, Err(DecodeError::Body { .. })),
+            "cut at {cut}: {e:?}"
+        );
     }
 }
 

@@ -1,0 +1,167 @@
+//! `cartstream-admin`: bootstrap a deployment, inspect topics, check schema changes.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use cartstream_events::RegistryArgs;
+use cartstream_kafka::{KafkaArgs, Topic, TopicNames};
+use cartstream_runtime::LogFormat;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cartstream-admin",
+    version,
+    about = "Bootstrap cartstream topics and schemas, inspect topics, check schema changes"
+)]
+struct Cli {
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    #[command(flatten)]
+    registry: RegistryArgs,
+    #[command(flatten)]
+    names: TopicNames,
+    /// Log line format (level from RUST_LOG).
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create every topic (partitions, retention, compaction) and register every schema with
+    /// BACKWARD compatibility. Safe to run again: existing topics and schemas are kept.
+    Bootstrap {
+        /// Partitions of the event topics (dimension, dead-letter and alert topics keep 3).
+        #[arg(long, env = "CARTSTREAM_PARTITIONS", default_value_t = 6)]
+        partitions: i32,
+        /// Replication factor of new topics.
+        #[arg(long, env = "CARTSTREAM_REPLICATION", default_value_t = 1)]
+        replication: i32,
+    },
+    /// Read a topic from the beginning to its current end and print a summary.
+    Inspect {
+        /// Topic to read (without the prefix).
+        #[arg(long, default_value = "purchases.raw")]
+        topic: String,
+        /// How many decoded records to print as JSON.
+        #[arg(long, default_value_t = 0)]
+        samples: usize,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout_secs: u64,
+    },
+    /// Ask the registry whether a schema file may be registered for a topic's values.
+    CheckSchema {
+        /// Topic whose value subject to check against (without the prefix).
+        #[arg(long)]
+        topic: String,
+        /// The .avsc file of the proposed schema.
+        #[arg(long)]
+        file: std::path::PathBuf,
+    },
+    /// List the topics of the catalog with their subjects.
+    Topics,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    cartstream_runtime::telemetry::init_logging(cli.log_format);
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Bootstrap {
+            partitions,
+            replication,
+        } => {
+            let registry = cli.registry.connect()?;
+            let report = cartstream_admin::bootstrap(
+                &cli.kafka,
+                &registry,
+                &cli.names,
+                partitions,
+                replication,
+            )
+            .await?;
+            println!("topics on {}:", cli.kafka.brokers);
+            for (name, outcome) in &report.topics {
+                println!("  {name:<32} {outcome:?}");
+            }
+            println!("schemas in {}:", registry.url());
+            for (subject, file, id) in &report.schemas {
+                println!("  {subject:<38} {file:<26} id {id}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Inspect {
+            topic,
+            samples,
+            timeout_secs,
+        } => {
+            let registry = cli.registry.connect()?;
+            let full = format!("{}{}", cli.names.topic_prefix, topic);
+            let s = cartstream_admin::inspect(
+                &cli.kafka,
+                registry,
+                &full,
+                samples,
+                Duration::from_secs(timeout_secs),
+            )
+            .await?;
+            println!("{full}: {} records", s.records);
+            println!("  per partition: {:?}", s.by_partition);
+            println!("  per writer schema id: {:?}", s.by_schema_id);
+            if !s.by_event_type.is_empty() {
+                println!("  per event type (count, revenue):");
+                for (t, (n, revenue)) in &s.by_event_type {
+                    println!("    {t:<18} {n:>8} {revenue:>14.2}");
+                }
+            }
+            if !s.decode_errors.is_empty() {
+                println!("  undecodable records by reason: {:?}", s.decode_errors);
+            }
+            for sample in &s.samples {
+                println!("  {sample}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckSchema { topic, file } => {
+            let registry = cli.registry.connect()?;
+            let avsc = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            apache_avro::Schema::parse_str(&avsc)
+                .with_context(|| format!("{} is not a valid Avro schema", file.display()))?;
+            let subject = format!("{}{}-value", cli.names.topic_prefix, topic);
+            if registry.is_compatible(&subject, &avsc).await? {
+                println!("{} is compatible with {subject}", file.display());
+                Ok(ExitCode::SUCCESS)
+            } else {
+                println!("{} is NOT compatible with {subject}", file.display());
+                Ok(ExitCode::from(3))
+            }
+        }
+        Command::Topics => {
+            for t in Topic::ALL {
+                let contracts: Vec<_> = t.contracts().iter().map(|c| c.file_name()).collect();
+                println!(
+                    "{:<32} {:<40} {}",
+                    cli.names.name(t),
+                    cli.names.subject(t),
+                    contracts.join(", ")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! The topic catalog: every topic cartstream reads or writes, with its partitions, configs and
+//! the contracts registered for its values (subject `<topic>-value`, in registration order).
+//!
+//! Names follow `<domain>.<stage>`. A [`TopicNames`] prefix puts a whole pipeline in its own
+//! namespace: a replay generation (`gen2.`) or one integration test (`it-<uuid>.`).
+
+use cartstream_events::Contract;
+
+const DAY_MS: i64 = 24 * 3600 * 1000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Topic {
+    /// Raw events as sent by producers; kept forever, it is what Kappa replays start from.
+    Raw,
+    Clean,
+    Enriched,
+    /// Rejected records with their reasons.
+    DeadLetters,
+    /// Compacted product dimension.
+    Products,
+    /// Compacted user dimension.
+    Users,
+    KpiWindows,
+    Sessions,
+    Alerts,
+}
+
+impl Topic {
+    pub const ALL: [Topic; 9] = [
+        Topic::Raw,
+        Topic::Clean,
+        Topic::Enriched,
+        Topic::DeadLetters,
+        Topic::Products,
+        Topic::Users,
+        Topic::KpiWindows,
+        Topic::Sessions,
+        Topic::Alerts,
+    ];
+
+    pub fn base_name(self) -> &'static str {
+        match self {
+            Topic::Raw => "purchases.raw",
+            Topic::Clean => "purchases.clean",
+            Topic::Enriched => "purchases.enriched",
+            Topic::DeadLetters => "purchases.dlq",
+            Topic::Products => "catalog.products",
+            Topic::Users => "catalog.users",
+            Topic::KpiWindows => "kpi.windows",
+            Topic::Sessions => "sessions.closed",
+            Topic::Alerts => "alerts.raised",
+        }
+    }
+
+    /// Value contracts, oldest first; the last one is what writers use.
+    pub fn contracts(self) -> &'static [Contract] {
+        match self {
+            Topic::Raw => &[Contract::PurchaseEventV1, Contract::PurchaseEventV2],
+            Topic::Clean => &[Contract::CleanEvent],
+            Topic::Enriched => &[Contract::EnrichedEvent],
+            Topic::DeadLetters => &[Contract::DeadLetter],
+            Topic::Products => &[Contract::Product],
+            Topic::Users => &[Contract::User],
+            Topic::KpiWindows => &[Contract::KpiWindow],
+            Topic::Sessions => &[Contract::Session],
+            Topic::Alerts => &[Contract::Alert],
+        }
+    }
+
+    /// Partitions when `data_partitions` is the count chosen for the event topics. Dimension,
+    /// dead-letter and alert topics are small and keep 3.
+    pub fn partitions(self, data_partitions: i32) -> i32 {
+        match self {
+            Topic::DeadLetters | Topic::Products | Topic::Users | Topic::Alerts => {
+                3.min(data_partitions.max(1))
+            }
+            _ => data_partitions.max(1),
+        }
+    }
+
+    /// Topic-level configs.
+    pub fn configs(self) -> Vec<(&'static str, String)> {
+        let retention = |ms: i64| {
+            vec![
+                ("cleanup.policy", "delete".to_string()),
+                ("retention.ms", ms.to_string()),
+            ]
+        };
+        match self {
+            Topic::Raw => retention(-1),
+            Topic::Clean | Topic::Enriched | Topic::Sessions => retention(7 * DAY_MS),
+            Topic::DeadLetters | Topic::KpiWindows | Topic::Alerts => retention(30 * DAY_MS),
+            // Compacted tables: the latest value per key lives forever; compaction may run an
+            // hour after a write, so a restart reloads few superseded values.
+            Topic::Products | Topic::Users => vec![
+                ("cleanup.policy", "compact".to_string()),
+                ("min.compaction.lag.ms", "0".to_string()),
+                ("segment.ms", (3600 * 1000).to_string()),
+                ("min.cleanable.dirty.ratio", "0.1".to_string()),
+            ],
+        }
+    }
+}
+
+/// Topic names in one namespace.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TopicNames {
+    /// Prefix of every topic name (a replay generation such as "gen2.", or a test namespace).
+    #[arg(long, env = "TOPIC_PREFIX", default_value = "")]
+    pub topic_prefix: String,
+}
+
+impl TopicNames {
+    pub fn with_prefix(prefix: impl Into<String>) -> Self {
+        TopicNames {
+            topic_prefix: prefix.into(),
+        }
+    }
+
+    pub fn name(&self, topic: Topic) -> String {
+        format!("{}{}", self.topic_prefix, topic.base_name())
+    }
+
+    /// Registry subject of the topic's values (TopicNameStrategy).
+    pub fn subject(&self, topic: Topic) -> String {
+        format!("{}-value", self.name(topic))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_dotted_and_unique() {
+        let names = TopicNames::with_prefix("gen2.");
+        let all: std::collections::HashSet<_> = Topic::ALL.iter().map(|t| names.name(*t)).collect();
+        assert_eq!(all.len(), Topic::ALL.len());
+        assert!(all
+            .iter()
+            .all(|n| n.starts_with("gen2.") && !n.contains('_')));
+        assert_eq!(names.subject(Topic::Raw), "gen2.purchases.raw-value");
+    }
+
+    #[test]
+    fn dimension_topics_are_compacted_and_raw_is_kept() {
+        for t in [Topic::Products, Topic::Users] {
+            assert!(t.configs().contains(&("cleanup.policy", "compact".into())));
+        }
+        assert!(Topic::Raw
+            .configs()
+            .contains(&("retention.ms", "-1".into())));
+        assert_eq!(Topic::Raw.partitions(12), 12);
+        assert_eq!(Topic::Products.partitions(12), 3);
+        assert_eq!(Topic::Products.partitions(1), 1);
+    }
+}
