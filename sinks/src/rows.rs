@@ -1,0 +1,85 @@
+//! Mapping records to the rows of the real-time tables. Pure: no session, no clock.
+
+use cartstream_events::types::EnrichedEvent;
+use scylla::value::CqlTimestamp;
+
+/// The UTC day of an epoch-millisecond timestamp as `YYYY-MM-DD`: the time bucket of the
+/// partition keys.
+pub fn day_bucket(ms: i64) -> String {
+    let days = ms.div_euclid(86_400_000);
+    let (y, m, d) = civil_from_days(days);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// Insert of one event into `events_by_user`; the bound values are [`event_row`]'s.
+pub fn insert_event_cql(keyspace: &str) -> String {
+    format!(
+        "INSERT INTO {keyspace}.events_by_user (user_id, day, event_time, event_id, event_type, \
+         product_id, category_code, brand, price, quantity, currency, user_session) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?"
+    )
+}
+
+pub type EventRow<'a> = (
+    i64,
+    String,
+    CqlTimestamp,
+    &'a str,
+    &'static str,
+    i64,
+    &'a str,
+    &'a str,
+    f64,
+    i32,
+    &'a str,
+    &'a str,
+    i32,
+);
+
+/// The values of [`insert_event_cql`] for one event, with its TTL in seconds.
+pub fn event_row(e: &EnrichedEvent, ttl_secs: i32) -> EventRow<'_> {
+    (
+        e.user_id,
+        day_bucket(e.event_time),
+        CqlTimestamp(e.event_time),
+        &e.event_id,
+        e.event_type.as_str(),
+        e.product_id,
+        &e.category_code,
+        &e.brand,
+        e.price,
+        e.quantity,
+        &e.currency,
+        &e.user_session,
+        ttl_secs,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn day_buckets_are_utc_dates() {
+        assert_eq!(day_bucket(0), "1970-01-01");
+        assert_eq!(day_bucket(-1), "1969-12-31");
+        assert_eq!(day_bucket(1_569_888_004_000), "2019-10-01");
+        assert_eq!(day_bucket(951_782_400_000), "2000-02-29");
+        assert_eq!(day_bucket(1_795_996_799_999), "2026-11-29");
+        assert_eq!(day_bucket(1_795_996_800_000), "2026-11-30");
+    }
+}
