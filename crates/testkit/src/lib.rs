@@ -1,0 +1,103 @@
+//! Helpers for integration tests against the real local stack (`make up`).
+//!
+//! Endpoints come from the same environment variables the services read (`KAFKA_BROKERS`,
+//! `SCHEMA_REGISTRY_URL`, `SCYLLA_URI`), defaulting to the local stack. Every test works in its
+//! own namespace from [`unique`], so tests run in parallel and leave nothing shared behind.
+//! A test that cannot reach the stack fails with a message saying how to start it; it does not
+//! skip silently.
+
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cartstream_events::{Registry, RegistryConfig};
+use cartstream_kafka::admin;
+use cartstream_kafka::KafkaArgs;
+
+fn env_or(key: &str, default: &str) -> String {
+    std::env::var(key).unwrap_or_else(|_| default.to_string())
+}
+
+pub fn brokers() -> String {
+    env_or("KAFKA_BROKERS", "127.0.0.1:9092")
+}
+
+pub fn scram_brokers() -> String {
+    env_or("KAFKA_SCRAM_BROKERS", "127.0.0.1:9094")
+}
+
+pub fn registry_url() -> String {
+    env_or(
+        "SCHEMA_REGISTRY_URL",
+        "http://127.0.0.1:8081/apis/ccompat/v7",
+    )
+}
+
+pub fn scylla_uri() -> String {
+    env_or("SCYLLA_URI", "127.0.0.1:9042")
+}
+
+/// Panics with a helpful message unless `host:port` accepts connections.
+pub fn require(what: &str, addr: &str) {
+    let reachable = addr
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .is_some_and(|a| TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok());
+    assert!(
+        reachable,
+        "{what} is not reachable at {addr}: start the local stack with `make up` (or point the \
+         environment variables at your own)"
+    );
+}
+
+fn host_port(url: &str) -> String {
+    let rest = url.split("://").nth(1).unwrap_or(url);
+    rest.split('/').next().unwrap_or(rest).to_string()
+}
+
+pub fn kafka() -> KafkaArgs {
+    let brokers = brokers();
+    require("Kafka", brokers.split(',').next().unwrap_or_default());
+    KafkaArgs::plaintext(brokers)
+}
+
+pub fn registry() -> Arc<Registry> {
+    let url = registry_url();
+    require("the schema registry", &host_port(&url));
+    Arc::new(Registry::new(RegistryConfig::new(url)).expect("registry client"))
+}
+
+/// A fresh namespace such as `it-3fa2b1c0.` for topic names; `unique_ident` gives one usable as
+/// a keyspace.
+pub fn unique(tag: &str) -> String {
+    format!(
+        "it-{tag}-{}.",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
+}
+
+pub fn unique_ident(tag: &str) -> String {
+    format!(
+        "it_{tag}_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
+}
+
+/// Deletes every topic whose name starts with `prefix`.
+pub async fn delete_topics_with_prefix(kafka: &KafkaArgs, prefix: &str) {
+    assert!(
+        prefix.starts_with("it-"),
+        "only test namespaces are deleted"
+    );
+    let admin = admin::admin_client(&kafka.admin().expect("config")).expect("admin client");
+    let names: Vec<String> = admin::partition_counts(&admin, Duration::from_secs(10))
+        .expect("metadata")
+        .into_keys()
+        .filter(|n| n.starts_with(prefix))
+        .collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    admin::delete_topics(&admin, &refs, Duration::from_secs(30))
+        .await
+        .expect("deleting test topics");
+}
