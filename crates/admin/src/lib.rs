@@ -31,6 +31,8 @@ pub async fn bootstrap(
     partitions: i32,
     replication: i32,
 ) -> anyhow::Result<BootstrapReport> {
+    let k = kafka.clone();
+    tokio::task::spawn_blocking(move || k.check(Duration::from_secs(30))).await??;
     let admin = admin::admin_client(&kafka.admin()?)?;
     let specs: Vec<TopicSpec> = Topic::ALL
         .iter()

@@ -7,10 +7,10 @@ use rdkafka::admin::{
     AdminClient, AdminOptions, AlterConfig, NewPartitions, NewTopic, ResourceSpecifier,
     TopicReplication,
 };
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::FromClientConfig;
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
+
+use crate::context::ErrorContext;
 
 /// A topic as it should be.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,10 +36,10 @@ pub enum Outcome {
     MorePartitions(i32),
 }
 
-pub type Admin = AdminClient<DefaultClientContext>;
+pub type Admin = AdminClient<ErrorContext>;
 
 pub fn admin_client(config: &ClientConfig) -> anyhow::Result<Admin> {
-    Ok(Admin::from_config(config)?)
+    Ok(config.create_with_context(ErrorContext::default())?)
 }
 
 /// Creates the missing topics, adds partitions where there are fewer than asked, and corrects
@@ -152,7 +152,7 @@ pub fn partition_counts(admin: &Admin, timeout: Duration) -> anyhow::Result<Hash
     let md = admin
         .inner()
         .fetch_metadata(None, timeout)
-        .map_err(|e| anyhow::anyhow!("cannot reach Kafka for metadata: {e}"))?;
+        .map_err(|e| admin.inner().context().explain(format!("cannot read metadata from Kafka: {e}")))?;
     Ok(md
         .topics()
         .iter()

@@ -204,6 +204,11 @@ impl KafkaArgs {
         Ok(c)
     }
 
+    /// Fails with a clear message unless the brokers answer and accept our credentials.
+    pub fn check(&self, timeout: std::time::Duration) -> anyhow::Result<()> {
+        crate::context::check_connection(&self.base()?, timeout)
+    }
+
     /// An admin client.
     pub fn admin(&self) -> Result<ClientConfig, ConfigError> {
         self.base()
