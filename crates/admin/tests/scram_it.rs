@@ -13,7 +13,8 @@ fn scram(password: &str) -> KafkaArgs {
     kit::require("Kafka's SASL/SCRAM listener", &brokers);
     let mut args = KafkaArgs::plaintext(brokers);
     args.kafka_security_protocol = SecurityProtocol::SaslPlaintext;
-    args.kafka_username = Some(std::env::var("KAFKA_SCRAM_USERNAME").unwrap_or_else(|_| "cartstream".into()));
+    args.kafka_username =
+        Some(std::env::var("KAFKA_SCRAM_USERNAME").unwrap_or_else(|_| "cartstream".into()));
     args.kafka_password = Some(password.to_string());
     args
 }
@@ -26,10 +27,12 @@ fn right_password() -> String {
 async fn scram_with_the_right_password_reads_metadata() {
     let args = scram(&right_password());
     let client = admin::admin_client(&args.admin().unwrap()).unwrap();
-    let topics = tokio::task::spawn_blocking(move || admin::partition_counts(&client, Duration::from_secs(20)))
-        .await
-        .unwrap()
-        .expect("authenticated metadata request");
+    let topics = tokio::task::spawn_blocking(move || {
+        admin::partition_counts(&client, Duration::from_secs(20))
+    })
+    .await
+    .unwrap()
+    .expect("authenticated metadata request");
     assert!(topics.keys().all(|t| !t.is_empty()));
     assert!(!format!("{args:?}").contains(&right_password()));
 }
@@ -43,10 +46,16 @@ async fn scram_with_a_wrong_password_is_an_authentication_error() {
         .unwrap()
         .expect_err("a wrong password must not authenticate")
         .to_string();
-    assert!(started.elapsed() < Duration::from_secs(15), "refusal is reported at once, not after the timeout");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "refusal is reported at once, not after the timeout"
+    );
     assert!(
         err.to_lowercase().contains("auth") || err.contains("SASL"),
         "the error should say authentication failed: {err}"
     );
-    assert!(!err.contains("definitely-wrong"), "no secret in errors: {err}");
+    assert!(
+        !err.contains("definitely-wrong"),
+        "no secret in errors: {err}"
+    );
 }

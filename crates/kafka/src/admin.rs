@@ -149,10 +149,12 @@ async fn correct_configs(
 
 /// Partition count of every topic of the cluster.
 pub fn partition_counts(admin: &Admin, timeout: Duration) -> anyhow::Result<HashMap<String, i32>> {
-    let md = admin
-        .inner()
-        .fetch_metadata(None, timeout)
-        .map_err(|e| admin.inner().context().explain(format!("cannot read metadata from Kafka: {e}")))?;
+    let md = admin.inner().fetch_metadata(None, timeout).map_err(|e| {
+        admin
+            .inner()
+            .context()
+            .explain(format!("cannot read metadata from Kafka: {e}"))
+    })?;
     Ok(md
         .topics()
         .iter()

@@ -8,8 +8,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::ClientContext;
 
 #[derive(Default)]
@@ -22,12 +22,18 @@ pub struct ErrorContext {
 impl ErrorContext {
     /// The last client-level error librdkafka reported, if any.
     pub fn last_error(&self) -> Option<String> {
-        self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Why the brokers refused our credentials, if they did.
     pub fn auth_error(&self) -> Option<String> {
-        self.auth_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.auth_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Whether the brokers refused our credentials: retrying will not help.
@@ -96,13 +102,20 @@ impl rdkafka::consumer::ConsumerContext for ErrorContext {}
 /// Connects with `config` and reads cluster metadata, failing fast with the real cause: refused
 /// credentials end at once with librdkafka's explanation instead of a timeout. Services call this
 /// at start so a misconfiguration is a clear error and a non-zero exit.
-pub fn check_connection(config: &rdkafka::ClientConfig, timeout: std::time::Duration) -> anyhow::Result<()> {
+pub fn check_connection(
+    config: &rdkafka::ClientConfig,
+    timeout: std::time::Duration,
+) -> anyhow::Result<()> {
     use rdkafka::producer::{BaseProducer, Producer};
-    let producer: BaseProducer<ErrorContext> = config.create_with_context(ErrorContext::default())?;
+    let producer: BaseProducer<ErrorContext> =
+        config.create_with_context(ErrorContext::default())?;
     let deadline = std::time::Instant::now() + timeout;
     let brokers = config.get("bootstrap.servers").unwrap_or("?").to_string();
     loop {
-        match producer.client().fetch_metadata(None, std::time::Duration::from_millis(500)) {
+        match producer
+            .client()
+            .fetch_metadata(None, std::time::Duration::from_millis(500))
+        {
             Ok(_) => return Ok(()),
             Err(e) => {
                 // Serves the error callbacks that carry the cause.
@@ -115,7 +128,9 @@ pub fn check_connection(config: &rdkafka::ClientConfig, timeout: std::time::Dura
                     );
                 }
                 if std::time::Instant::now() >= deadline {
-                    return Err(ctx.explain(format!("cannot reach Kafka at {brokers} within {timeout:?}: {e}")));
+                    return Err(ctx.explain(format!(
+                        "cannot reach Kafka at {brokers} within {timeout:?}: {e}"
+                    )));
                 }
             }
         }
