@@ -1,6 +1,8 @@
 //! Migrations and rows against the real CQL database of the local stack (Cassandra 5, the
 //! ScyllaDB stand-in).
 
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
 use cartstream_events::types::{EnrichedEvent, EventType};
 use cartstream_sinks::cql::{self, CqlArgs};
 use cartstream_sinks::rows;

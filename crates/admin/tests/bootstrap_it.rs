@@ -1,5 +1,7 @@
 //! Bootstrap against the real broker and registry, and Avro events through both.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -99,7 +101,11 @@ fn event(i: usize) -> RawEvent {
         quantity: 1,
         user_id: 10,
         user_session: Some(format!("s-{}", i % 7)),
-        channel: if i % 2 == 0 { Some("web".into()) } else { None },
+        channel: if i.is_multiple_of(2) {
+            Some("web".into())
+        } else {
+            None
+        },
         source: SourceMeta {
             system: "it".into(),
             producer_id: "it".into(),
@@ -127,7 +133,7 @@ async fn avro_events_round_trip_through_kafka_with_mixed_schema_versions() {
     let sent: Vec<RawEvent> = (0..300).map(event).collect();
     for (i, ev) in sent.iter().enumerate() {
         // Every third record is written as an old producer would (v1: no channel field).
-        let payload = if i % 3 == 0 {
+        let payload = if i.is_multiple_of(3) {
             let v1 = Encoder::<RawEvent>::with_id(
                 Contract::PurchaseEventV1,
                 registry
@@ -186,7 +192,11 @@ async fn avro_events_round_trip_through_kafka_with_mixed_schema_versions() {
         .iter()
         .enumerate()
         .map(|(i, e)| RawEvent {
-            channel: if i % 3 == 0 { None } else { e.channel.clone() },
+            channel: if i.is_multiple_of(3) {
+                None
+            } else {
+                e.channel.clone()
+            },
             ..e.clone()
         })
         .collect();

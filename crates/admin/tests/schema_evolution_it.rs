@@ -1,6 +1,8 @@
 //! Schema evolution against the real schema registry: both directions of compatibility through
 //! registry-assigned ids, refusal of an incompatible change, and unknown ids.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
 use cartstream_events::registry::Compatibility;
 use cartstream_events::types::{AvroRecord, RawEvent, SourceMeta};
 use cartstream_events::{Contract, DecodeError, Decoder, Encoder, RegistryError};

@@ -1,6 +1,8 @@
 //! The stack's SASL/SCRAM listener: the right credentials work, a wrong password is refused
 //! with an authentication error, and the password never shows in our configuration's Debug.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
 use std::time::Duration;
 
 use cartstream_kafka::admin;

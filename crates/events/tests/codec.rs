@@ -1,6 +1,8 @@
 //! Codec behaviour without I/O: every contract round-trips, versions resolve both ways, and no
 //! input makes the decoder panic.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
 use cartstream_events::types::*;
 use cartstream_events::{Contract, DecodeError, Decoder, Encoder};
 use proptest::prelude::*;
