@@ -1,0 +1,14 @@
+//! The logic of cartstream's stream processors, apart from any I/O.
+//!
+//! - [`clean`]: validation and normalisation rules of the cleaner, each rejection with a stable
+//!   code for the dead-letter topic.
+//! - [`dedup`]: deduplication by `event_id` over an event-time horizon with bounded memory.
+//! - [`enrich`]: the join of clean events with the product and user dimension tables.
+//!
+//! Everything here is a plain function or a small state machine: no Kafka, no clock, no network,
+//! so every rule is unit- and property-tested in microseconds. The binaries wire them to the
+//! shared Kafka loop.
+
+pub mod clean;
+pub mod dedup;
+pub mod enrich;
