@@ -17,6 +17,16 @@ pub fn read_to_end(
     topic: &str,
     timeout: Duration,
 ) -> anyhow::Result<Vec<OwnedMessage>> {
+    read_partitions_to_end(config, topic, None, timeout)
+}
+
+/// Like [`read_to_end`] for some partitions only (`None`: all of them).
+pub fn read_partitions_to_end(
+    config: &ClientConfig,
+    topic: &str,
+    only: Option<&[i32]>,
+    timeout: Duration,
+) -> anyhow::Result<Vec<OwnedMessage>> {
     let mut config = config.clone();
     // A group id is required by librdkafka even for assign(); nothing is committed under it.
     if config.get("group.id").is_none() {
@@ -36,6 +46,9 @@ pub fn read_to_end(
     let mut tpl = TopicPartitionList::new();
     let mut ends = Vec::new();
     for p in t.partitions() {
+        if only.is_some_and(|o| !o.contains(&p.id())) {
+            continue;
+        }
         let (low, high) = consumer.fetch_watermarks(topic, p.id(), timeout)?;
         if high > low {
             tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;

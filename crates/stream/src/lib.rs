@@ -1,0 +1,41 @@
+//! The read-process-write loop of every cartstream processor, written once.
+//!
+//! # Commit protocol (exactly-once mode, the default)
+//!
+//! 1. Gather a batch: up to `--batch-size` records or `--batch-linger-ms`, whichever comes first.
+//! 2. `begin_transaction`; hand each record to the [`Processor`], which appends output records
+//!    and dead letters to an [`Output`]; produce them all inside the transaction.
+//! 3. `send_offsets_to_transaction` with the next offset of every partition in the batch and the
+//!    consumer's group metadata (KIP-447: a fenced or rebalanced instance cannot commit), then
+//!    `commit_transaction`. Outputs and input offsets become visible together, or not at all.
+//! 4. On success the processor's tentative state is committed ([`Processor::commit`]). On any
+//!    failure the transaction is aborted, the processor rolls back ([`Processor::rollback`]), the
+//!    consumer seeks back to the batch's first offsets, and the loop backs off and retries.
+//!    If seeking back fails, the loop exits with an error: a restart resumes from the committed
+//!    offsets, which is always safe.
+//!
+//! Downstream consumers read with `isolation.level=read_committed`, so they see each output once.
+//!
+//! # Rebalances
+//!
+//! No transaction is open while the consumer polls, so a rebalance never interrupts one. Records
+//! of a partition revoked while a batch was being gathered are dropped from the batch (the new
+//! owner reads them from the committed offset); a newly assigned partition's state is restored
+//! ([`Processor::on_assigned`]) before any of its records is processed.
+//!
+//! # At-least-once mode (for comparison)
+//!
+//! No transactions: outputs are produced and flushed, then offsets are committed. A crash between
+//! the two replays the batch, so outputs may be duplicated; nothing is lost.
+//!
+//! # Dead letters
+//!
+//! A record the processor rejects goes to the dead-letter topic with a stable error code, a
+//! message, the stage, the original key and bytes, the writer schema id if known, and the source
+//! topic/partition/offset/timestamp, in the same transaction as everything else.
+
+mod metrics;
+mod run;
+
+pub use metrics::StageMetrics;
+pub use run::{run, Input, LoopArgs, Mode, Output, ProcessError, Processor, Topology};

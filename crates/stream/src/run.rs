@@ -1,0 +1,555 @@
+//! The loop itself; the protocol is described in the crate docs.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use cartstream_events::types::DeadLetter;
+use cartstream_events::{Encoder, Registry};
+use cartstream_kafka::context::ErrorContext;
+use cartstream_kafka::KafkaArgs;
+use cartstream_runtime::{Health, Shutdown};
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{DeliveryResult, Message, OwnedMessage};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use crate::metrics::StageMetrics;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Kafka transactions: outputs and input offsets commit atomically.
+    ExactlyOnce,
+    /// Outputs flushed, then offsets committed: a crash may duplicate outputs.
+    AtLeastOnce,
+}
+
+/// Flags of the loop, shared by every processor.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoopArgs {
+    /// Consumer group; instances with the same group share the input partitions
+    /// [default: cartstream-<stage>].
+    #[arg(long, env = "CONSUMER_GROUP")]
+    pub group: Option<String>,
+    /// Processing guarantee.
+    #[arg(long, env = "PROCESSING_MODE", value_enum, default_value_t = Mode::ExactlyOnce)]
+    pub mode: Mode,
+    /// Most records per batch (one transaction per batch).
+    #[arg(long, env = "BATCH_SIZE", default_value_t = 2000)]
+    pub batch_size: usize,
+    /// Longest wait for a batch to fill, in milliseconds.
+    #[arg(long, env = "BATCH_LINGER_MS", default_value_t = 100)]
+    pub batch_linger_ms: u64,
+    /// Stable name of this instance: its transactional id is <group>-<instance-id>, so a restarted
+    /// instance fences its previous incarnation at once [default: the host name].
+    #[arg(long, env = "INSTANCE_ID")]
+    pub instance_id: Option<String>,
+}
+
+impl LoopArgs {
+    pub fn group(&self, stage: &str) -> String {
+        self.group.clone().unwrap_or_else(|| format!("cartstream-{stage}"))
+    }
+
+    fn instance(&self) -> String {
+        self.instance_id
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|s| s.trim().to_string()))
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "0".to_string())
+    }
+}
+
+/// One input record.
+pub struct Input<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp: Option<i64>,
+    pub key: Option<&'a [u8]>,
+    pub payload: Option<&'a [u8]>,
+}
+
+struct OutRecord {
+    topic: String,
+    partition: Option<i32>,
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+    kind: &'static str,
+}
+
+/// What processing a batch produced.
+#[derive(Default)]
+pub struct Output {
+    records: Vec<OutRecord>,
+    dead: Vec<DeadLetter>,
+    deduplicated: u64,
+}
+
+impl Output {
+    /// An output record (partitioned by key).
+    pub fn send(&mut self, topic: &str, key: Option<&[u8]>, payload: Vec<u8>) {
+        self.records.push(OutRecord {
+            topic: topic.to_string(),
+            partition: None,
+            key: key.map(<[u8]>::to_vec),
+            payload,
+            kind: "data",
+        });
+    }
+
+    /// A state changelog record, to the partition of its input.
+    pub fn changelog(&mut self, topic: &str, partition: i32, key: &[u8], payload: Vec<u8>) {
+        self.records.push(OutRecord {
+            topic: topic.to_string(),
+            partition: Some(partition),
+            key: Some(key.to_vec()),
+            payload,
+            kind: "changelog",
+        });
+    }
+
+    /// Rejects `input` to the dead-letter topic.
+    pub fn dead_letter(&mut self, input: &Input<'_>, stage: &str, code: &'static str, message: String, schema_id: Option<u32>) {
+        self.dead.push(DeadLetter {
+            error_code: code.to_string(),
+            message,
+            stage: stage.to_string(),
+            source_topic: input.topic.to_string(),
+            source_partition: input.partition,
+            source_offset: input.offset,
+            source_timestamp: input.timestamp,
+            schema_id: schema_id.map(|i| i as i32),
+            key: input.key.map(<[u8]>::to_vec),
+            payload: input.payload.map(<[u8]>::to_vec),
+            failed_at: now_ms(),
+        });
+    }
+
+    /// Counts an input dropped as a duplicate.
+    pub fn deduplicated(&mut self) {
+        self.deduplicated += 1;
+    }
+}
+
+/// A failure that is not the record's fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    /// Worth retrying the batch later (registry or broker unavailable).
+    #[error("transient: {0:#}")]
+    Transient(anyhow::Error),
+    /// The processor cannot go on.
+    #[error("fatal: {0:#}")]
+    Fatal(anyhow::Error),
+}
+
+/// A stage of the pipeline: what to do with each record, and its state's life cycle.
+#[allow(async_fn_in_trait)]
+pub trait Processor {
+    /// Partitions were assigned: restore their state before their first record.
+    async fn on_assigned(&mut self, partitions: &[(String, i32)]) -> anyhow::Result<()>;
+    /// Partitions were revoked: drop their state.
+    fn on_revoked(&mut self, partitions: &[(String, i32)]);
+    /// Processes one record into `out`. Bad records are dead-lettered through `out`, not errors.
+    async fn process(&mut self, input: &Input<'_>, out: &mut Output) -> Result<(), ProcessError>;
+    /// The batch committed: keep the state changes made since the last commit.
+    fn commit(&mut self);
+    /// The batch aborted: undo the state changes made since the last commit.
+    fn rollback(&mut self);
+}
+
+enum RebalanceEvent {
+    Assigned(Vec<(String, i32)>),
+    Revoked(Vec<(String, i32)>),
+}
+
+fn partitions_of(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
+    tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect()
+}
+
+struct LoopContext {
+    stage: &'static str,
+    errors: ErrorContext,
+    events: Mutex<Vec<RebalanceEvent>>,
+}
+
+impl ClientContext for LoopContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        self.errors.log(level, fac, message)
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.errors.error(error, reason)
+    }
+
+    fn stats(&self, stats: Statistics) {
+        let m = StageMetrics::get();
+        for (topic, t) in &stats.topics {
+            for (p, s) in &t.partitions {
+                if *p >= 0 && s.consumer_lag >= 0 {
+                    m.lag
+                        .with_label_values(&[self.stage, topic.as_str(), &p.to_string()])
+                        .set(s.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for LoopContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            StageMetrics::get().rebalances.with_label_values(&[self.stage, "revoke"]).inc();
+            self.events
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(RebalanceEvent::Revoked(partitions_of(tpl)));
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                StageMetrics::get().rebalances.with_label_values(&[self.stage, "assign"]).inc();
+                self.events
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(RebalanceEvent::Assigned(partitions_of(tpl)));
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+            Rebalance::Revoke(_) => {}
+        }
+    }
+}
+
+#[derive(Default)]
+struct ProducerCtx {
+    errors: ErrorContext,
+    failed: AtomicU64,
+}
+
+impl ClientContext for ProducerCtx {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        self.errors.log(level, fac, message)
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.errors.error(error, reason)
+    }
+}
+
+impl ProducerContext for ProducerCtx {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, "delivery failed");
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Where the loop writes and what it reads.
+pub struct Topology<'a> {
+    pub stage: &'static str,
+    pub inputs: &'a [String],
+    pub dead_letter_topic: &'a str,
+    pub dead_letter_subject: &'a str,
+}
+
+const TXN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs `processor` until `shutdown` fires or a fatal error.
+pub async fn run<P: Processor>(
+    topology: Topology<'_>,
+    args: &LoopArgs,
+    kafka: &KafkaArgs,
+    registry: &Registry,
+    mut processor: P,
+    shutdown: &Shutdown,
+    health: &Health,
+) -> anyhow::Result<()> {
+    let stage = topology.stage;
+    let m = StageMetrics::get();
+    let group = args.group(stage);
+    let eos = args.mode == Mode::ExactlyOnce;
+
+    let check = kafka.clone();
+    tokio::task::spawn_blocking(move || check.check(Duration::from_secs(30))).await??;
+    let dlq: Encoder<DeadLetter> = Encoder::register(registry, topology.dead_letter_subject)
+        .await
+        .context("registering the dead-letter schema")?;
+
+    let mut cconf = kafka.consumer(&group)?;
+    cconf.set("statistics.interval.ms", "5000");
+    let consumer: StreamConsumer<LoopContext> = cconf.create_with_context(LoopContext {
+        stage,
+        errors: ErrorContext::default(),
+        events: Mutex::new(Vec::new()),
+    })?;
+    let inputs: Vec<&str> = topology.inputs.iter().map(String::as_str).collect();
+    consumer.subscribe(&inputs)?;
+
+    let mut pconf = kafka.producer()?;
+    let txn_id = format!("{group}-{}", args.instance());
+    if eos {
+        pconf.set("transactional.id", &txn_id);
+        pconf.set("transaction.timeout.ms", &TXN_TIMEOUT.as_millis().to_string());
+    }
+    let producer: BaseProducer<ProducerCtx> = pconf.create_with_context(ProducerCtx::default())?;
+    if eos {
+        tokio::task::block_in_place(|| producer.init_transactions(TXN_TIMEOUT))
+            .map_err(|e| anyhow::anyhow!("initialising transactions as {txn_id}: {e}"))?;
+    }
+    tracing::info!(stage, group, mode = ?args.mode, transactional_id = %txn_id, inputs = ?inputs, "processing");
+    health.set_ready(true);
+
+    let linger = Duration::from_millis(args.batch_linger_ms);
+    let mut assigned: HashSet<(String, i32)> = HashSet::new();
+    let mut backoff = Duration::from_millis(100);
+    while !shutdown.is_triggered() {
+        // 1. Gather a batch.
+        let mut batch: Vec<OwnedMessage> = Vec::with_capacity(args.batch_size);
+        let deadline = Instant::now() + linger;
+        while batch.len() < args.batch_size {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            tokio::select! {
+                _ = shutdown.wait() => break,
+                r = tokio::time::timeout(left, consumer.recv()) => match r {
+                    Ok(Ok(msg)) => batch.push(msg.detach()),
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "consume error");
+                        if consumer.context().errors.auth_failed() {
+                            anyhow::bail!("Kafka refused our credentials: {}", consumer.context().errors.auth_error().unwrap_or_default());
+                        }
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    Err(_) => break,
+                },
+            }
+            // Rebalances happen inside recv(): apply them before the next record.
+            let events: Vec<RebalanceEvent> =
+                std::mem::take(&mut *consumer.context().events.lock().unwrap_or_else(|p| p.into_inner()));
+            for ev in events {
+                match ev {
+                    RebalanceEvent::Revoked(ps) => {
+                        let gone: HashSet<_> = ps.iter().cloned().collect();
+                        batch.retain(|m| !gone.contains(&(m.topic().to_string(), m.partition())));
+                        for p in &ps {
+                            assigned.remove(p);
+                        }
+                        processor.on_revoked(&ps);
+                        tracing::info!(partitions = ?ps, "revoked");
+                    }
+                    RebalanceEvent::Assigned(ps) => {
+                        processor
+                            .on_assigned(&ps)
+                            .await
+                            .with_context(|| format!("restoring state of {ps:?}"))?;
+                        assigned.extend(ps.iter().cloned());
+                        tracing::info!(partitions = ?ps, "assigned");
+                    }
+                }
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+
+        // 2-3. Process and commit.
+        let started = Instant::now();
+        match process_batch(&mut processor, &batch, stage, eos, &producer, &consumer, &dlq, topology.dead_letter_topic).await {
+            Ok(out) => {
+                processor.commit();
+                backoff = Duration::from_millis(100);
+                m.transactions.with_label_values(&[stage, "committed"]).inc();
+                m.consumed.with_label_values(&[stage]).inc_by(batch.len() as u64);
+                m.deduplicated.with_label_values(&[stage]).inc_by(out.deduplicated);
+                for r in &out.records {
+                    m.produced.with_label_values(&[stage, r.kind]).inc();
+                }
+                for d in &out.dead {
+                    m.dead_lettered.with_label_values(&[stage, &d.error_code]).inc();
+                }
+                let now = now_ms();
+                let lat = m.latency.with_label_values(&[stage]);
+                for msg in &batch {
+                    if let Some(ts) = msg.timestamp().to_millis() {
+                        lat.observe((now - ts).max(0) as f64 / 1000.0);
+                    }
+                }
+                m.batch_seconds.with_label_values(&[stage]).observe(started.elapsed().as_secs_f64());
+            }
+            Err(BatchError::Fatal(e)) => {
+                abort(&producer, eos);
+                return Err(e);
+            }
+            Err(BatchError::Retry(e)) => {
+                m.transactions.with_label_values(&[stage, "aborted"]).inc();
+                m.retries.with_label_values(&[stage]).inc();
+                tracing::warn!(error = %format!("{e:#}"), backoff_ms = backoff.as_millis() as u64, "batch failed, rolling back and retrying");
+                abort(&producer, eos);
+                processor.rollback();
+                rewind(&consumer, &batch).context("seeking back after a failed batch")?;
+                if producer.context().errors.auth_failed() {
+                    anyhow::bail!("Kafka refused our credentials: {}", producer.context().errors.auth_error().unwrap_or_default());
+                }
+                tokio::select! {
+                    _ = shutdown.wait() => {}
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+    health.set_ready(false);
+    tracing::info!(stage, "shutting down: leaving the group");
+    consumer.unsubscribe();
+    tokio::task::block_in_place(|| producer.flush(Duration::from_secs(10)))?;
+    Ok(())
+}
+
+enum BatchError {
+    Retry(anyhow::Error),
+    Fatal(anyhow::Error),
+}
+
+fn abort(producer: &BaseProducer<ProducerCtx>, eos: bool) {
+    if eos {
+        if let Err(e) = tokio::task::block_in_place(|| producer.abort_transaction(TXN_TIMEOUT)) {
+            tracing::warn!(error = %e, "abort_transaction failed");
+        }
+    }
+}
+
+/// Seeks every partition of `batch` back to its first offset in the batch.
+fn rewind(consumer: &StreamConsumer<LoopContext>, batch: &[OwnedMessage]) -> anyhow::Result<()> {
+    let mut first: BTreeMap<(String, i32), i64> = BTreeMap::new();
+    for m in batch {
+        first.entry((m.topic().to_string(), m.partition())).or_insert(m.offset());
+    }
+    let mut tpl = TopicPartitionList::new();
+    for ((t, p), o) in &first {
+        tpl.add_partition_offset(t, *p, Offset::Offset(*o))?;
+    }
+    let result = consumer.seek_partitions(tpl, Duration::from_secs(10))?;
+    for e in result.elements() {
+        if let Err(err) = e.error() {
+            anyhow::bail!("cannot seek {}[{}] back: {err}", e.topic(), e.partition());
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn process_batch<P: Processor>(
+    processor: &mut P,
+    batch: &[OwnedMessage],
+    stage: &'static str,
+    eos: bool,
+    producer: &BaseProducer<ProducerCtx>,
+    consumer: &StreamConsumer<LoopContext>,
+    dlq: &Encoder<DeadLetter>,
+    dlq_topic: &str,
+) -> Result<Output, BatchError> {
+    let retry = |e: KafkaError, what: &str| BatchError::Retry(anyhow::anyhow!("{what}: {e}"));
+    let mut out = Output::default();
+    for m in batch {
+        let input = Input {
+            topic: m.topic(),
+            partition: m.partition(),
+            offset: m.offset(),
+            timestamp: m.timestamp().to_millis(),
+            key: m.key(),
+            payload: m.payload(),
+        };
+        match processor.process(&input, &mut out).await {
+            Ok(()) => {}
+            Err(ProcessError::Transient(e)) => return Err(BatchError::Retry(e)),
+            Err(ProcessError::Fatal(e)) => return Err(BatchError::Fatal(e)),
+        }
+    }
+    let mut dead_payloads = Vec::with_capacity(out.dead.len());
+    for d in &out.dead {
+        dead_payloads.push(dlq.encode(d).map_err(|e| BatchError::Fatal(e.into()))?);
+    }
+    if eos {
+        producer.begin_transaction().map_err(|e| retry(e, "begin_transaction"))?;
+    }
+    let failed_before = producer.context().failed.load(Ordering::Relaxed);
+    for r in &out.records {
+        let mut rec = BaseRecord::<[u8], [u8]>::to(&r.topic).payload(r.payload.as_slice());
+        if let Some(k) = r.key.as_deref() {
+            rec = rec.key(k);
+        }
+        if let Some(p) = r.partition {
+            rec = rec.partition(p);
+        }
+        send(producer, rec).map_err(|e| retry(e, "producing"))?;
+    }
+    for (d, payload) in out.dead.iter().zip(&dead_payloads) {
+        let mut rec = BaseRecord::<[u8], [u8]>::to(dlq_topic).payload(payload.as_slice());
+        if let Some(k) = d.key.as_deref() {
+            rec = rec.key(k);
+        }
+        send(producer, rec).map_err(|e| retry(e, "dead-lettering"))?;
+    }
+    let mut offsets: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+    for m in batch {
+        let e = offsets.entry((m.topic(), m.partition())).or_insert(m.offset());
+        *e = (*e).max(m.offset());
+    }
+    let mut tpl = TopicPartitionList::new();
+    for ((t, p), o) in offsets {
+        tpl.add_partition_offset(t, p, Offset::Offset(o + 1))
+            .map_err(|e| BatchError::Fatal(e.into()))?;
+    }
+    tokio::task::block_in_place(|| {
+        if eos {
+            let cgm = consumer
+                .group_metadata()
+                .ok_or_else(|| BatchError::Retry(anyhow::anyhow!("no consumer group metadata yet")))?;
+            producer
+                .send_offsets_to_transaction(&tpl, &cgm, TXN_TIMEOUT)
+                .map_err(|e| retry(e, "send_offsets_to_transaction"))?;
+            producer.commit_transaction(TXN_TIMEOUT).map_err(|e| retry(e, "commit_transaction"))
+        } else {
+            producer.flush(TXN_TIMEOUT).map_err(|e| retry(e, "flush"))?;
+            if producer.context().failed.load(Ordering::Relaxed) > failed_before {
+                return Err(BatchError::Retry(anyhow::anyhow!("some outputs were not delivered")));
+            }
+            consumer.commit(&tpl, CommitMode::Sync).map_err(|e| retry(e, "commit"))
+        }
+    })?;
+    let _ = stage;
+    Ok(out)
+}
+
+/// Enqueues a record, serving delivery reports while librdkafka's queue is full.
+fn send<'a>(producer: &BaseProducer<ProducerCtx>, mut rec: BaseRecord<'a, [u8], [u8]>) -> Result<(), KafkaError> {
+    loop {
+        match producer.send(rec) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                rec = back;
+                producer.poll(Duration::from_millis(10));
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}
