@@ -12,7 +12,9 @@ use cartstream_kafka::context::ErrorContext;
 use cartstream_kafka::KafkaArgs;
 use cartstream_runtime::{Health, Shutdown};
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{DeliveryResult, Message, OwnedMessage};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
@@ -53,14 +55,20 @@ pub struct LoopArgs {
 
 impl LoopArgs {
     pub fn group(&self, stage: &str) -> String {
-        self.group.clone().unwrap_or_else(|| format!("cartstream-{stage}"))
+        self.group
+            .clone()
+            .unwrap_or_else(|| format!("cartstream-{stage}"))
     }
 
     fn instance(&self) -> String {
         self.instance_id
             .clone()
             .or_else(|| std::env::var("HOSTNAME").ok())
-            .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|s| s.trim().to_string()))
+            .or_else(|| {
+                std::fs::read_to_string("/etc/hostname")
+                    .ok()
+                    .map(|s| s.trim().to_string())
+            })
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| "0".to_string())
     }
@@ -116,7 +124,14 @@ impl Output {
     }
 
     /// Rejects `input` to the dead-letter topic.
-    pub fn dead_letter(&mut self, input: &Input<'_>, stage: &str, code: &'static str, message: String, schema_id: Option<u32>) {
+    pub fn dead_letter(
+        &mut self,
+        input: &Input<'_>,
+        stage: &str,
+        code: &'static str,
+        message: String,
+        schema_id: Option<u32>,
+    ) {
         self.dead.push(DeadLetter {
             error_code: code.to_string(),
             message,
@@ -170,7 +185,10 @@ enum RebalanceEvent {
 }
 
 fn partitions_of(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
-    tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect()
+    tpl.elements()
+        .iter()
+        .map(|e| (e.topic().to_string(), e.partition()))
+        .collect()
 }
 
 struct LoopContext {
@@ -205,7 +223,10 @@ impl ClientContext for LoopContext {
 impl ConsumerContext for LoopContext {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
-            StageMetrics::get().rebalances.with_label_values(&[self.stage, "revoke"]).inc();
+            StageMetrics::get()
+                .rebalances
+                .with_label_values(&[self.stage, "revoke"])
+                .inc();
             self.events
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -216,7 +237,10 @@ impl ConsumerContext for LoopContext {
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
-                StageMetrics::get().rebalances.with_label_values(&[self.stage, "assign"]).inc();
+                StageMetrics::get()
+                    .rebalances
+                    .with_label_values(&[self.stage, "assign"])
+                    .inc();
                 self.events
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -306,7 +330,10 @@ pub async fn run<P: Processor>(
     let txn_id = format!("{group}-{}", args.instance());
     if eos {
         pconf.set("transactional.id", &txn_id);
-        pconf.set("transaction.timeout.ms", &TXN_TIMEOUT.as_millis().to_string());
+        // A record must time out before its transaction does.
+        let txn_ms = TXN_TIMEOUT.as_millis().to_string();
+        pconf.set("transaction.timeout.ms", &txn_ms);
+        pconf.set("message.timeout.ms", &txn_ms);
     }
     let producer: BaseProducer<ProducerCtx> = pconf.create_with_context(ProducerCtx::default())?;
     if eos {
@@ -343,8 +370,13 @@ pub async fn run<P: Processor>(
                 },
             }
             // Rebalances happen inside recv(): apply them before the next record.
-            let events: Vec<RebalanceEvent> =
-                std::mem::take(&mut *consumer.context().events.lock().unwrap_or_else(|p| p.into_inner()));
+            let events: Vec<RebalanceEvent> = std::mem::take(
+                &mut *consumer
+                    .context()
+                    .events
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()),
+            );
             for ev in events {
                 match ev {
                     RebalanceEvent::Revoked(ps) => {
@@ -373,18 +405,37 @@ pub async fn run<P: Processor>(
 
         // 2-3. Process and commit.
         let started = Instant::now();
-        match process_batch(&mut processor, &batch, stage, eos, &producer, &consumer, &dlq, topology.dead_letter_topic).await {
+        match process_batch(
+            &mut processor,
+            &batch,
+            stage,
+            eos,
+            &producer,
+            &consumer,
+            &dlq,
+            topology.dead_letter_topic,
+        )
+        .await
+        {
             Ok(out) => {
                 processor.commit();
                 backoff = Duration::from_millis(100);
-                m.transactions.with_label_values(&[stage, "committed"]).inc();
-                m.consumed.with_label_values(&[stage]).inc_by(batch.len() as u64);
-                m.deduplicated.with_label_values(&[stage]).inc_by(out.deduplicated);
+                m.transactions
+                    .with_label_values(&[stage, "committed"])
+                    .inc();
+                m.consumed
+                    .with_label_values(&[stage])
+                    .inc_by(batch.len() as u64);
+                m.deduplicated
+                    .with_label_values(&[stage])
+                    .inc_by(out.deduplicated);
                 for r in &out.records {
                     m.produced.with_label_values(&[stage, r.kind]).inc();
                 }
                 for d in &out.dead {
-                    m.dead_lettered.with_label_values(&[stage, &d.error_code]).inc();
+                    m.dead_lettered
+                        .with_label_values(&[stage, &d.error_code])
+                        .inc();
                 }
                 let now = now_ms();
                 let lat = m.latency.with_label_values(&[stage]);
@@ -393,7 +444,9 @@ pub async fn run<P: Processor>(
                         lat.observe((now - ts).max(0) as f64 / 1000.0);
                     }
                 }
-                m.batch_seconds.with_label_values(&[stage]).observe(started.elapsed().as_secs_f64());
+                m.batch_seconds
+                    .with_label_values(&[stage])
+                    .observe(started.elapsed().as_secs_f64());
             }
             Err(BatchError::Fatal(e)) => {
                 abort(&producer, eos);
@@ -407,7 +460,10 @@ pub async fn run<P: Processor>(
                 processor.rollback();
                 rewind(&consumer, &batch).context("seeking back after a failed batch")?;
                 if producer.context().errors.auth_failed() {
-                    anyhow::bail!("Kafka refused our credentials: {}", producer.context().errors.auth_error().unwrap_or_default());
+                    anyhow::bail!(
+                        "Kafka refused our credentials: {}",
+                        producer.context().errors.auth_error().unwrap_or_default()
+                    );
                 }
                 tokio::select! {
                     _ = shutdown.wait() => {}
@@ -441,7 +497,9 @@ fn abort(producer: &BaseProducer<ProducerCtx>, eos: bool) {
 fn rewind(consumer: &StreamConsumer<LoopContext>, batch: &[OwnedMessage]) -> anyhow::Result<()> {
     let mut first: BTreeMap<(String, i32), i64> = BTreeMap::new();
     for m in batch {
-        first.entry((m.topic().to_string(), m.partition())).or_insert(m.offset());
+        first
+            .entry((m.topic().to_string(), m.partition()))
+            .or_insert(m.offset());
     }
     let mut tpl = TopicPartitionList::new();
     for ((t, p), o) in &first {
@@ -489,7 +547,9 @@ async fn process_batch<P: Processor>(
         dead_payloads.push(dlq.encode(d).map_err(|e| BatchError::Fatal(e.into()))?);
     }
     if eos {
-        producer.begin_transaction().map_err(|e| retry(e, "begin_transaction"))?;
+        producer
+            .begin_transaction()
+            .map_err(|e| retry(e, "begin_transaction"))?;
     }
     let failed_before = producer.context().failed.load(Ordering::Relaxed);
     for r in &out.records {
@@ -511,7 +571,9 @@ async fn process_batch<P: Processor>(
     }
     let mut offsets: BTreeMap<(&str, i32), i64> = BTreeMap::new();
     for m in batch {
-        let e = offsets.entry((m.topic(), m.partition())).or_insert(m.offset());
+        let e = offsets
+            .entry((m.topic(), m.partition()))
+            .or_insert(m.offset());
         *e = (*e).max(m.offset());
     }
     let mut tpl = TopicPartitionList::new();
@@ -521,19 +583,25 @@ async fn process_batch<P: Processor>(
     }
     tokio::task::block_in_place(|| {
         if eos {
-            let cgm = consumer
-                .group_metadata()
-                .ok_or_else(|| BatchError::Retry(anyhow::anyhow!("no consumer group metadata yet")))?;
+            let cgm = consumer.group_metadata().ok_or_else(|| {
+                BatchError::Retry(anyhow::anyhow!("no consumer group metadata yet"))
+            })?;
             producer
                 .send_offsets_to_transaction(&tpl, &cgm, TXN_TIMEOUT)
                 .map_err(|e| retry(e, "send_offsets_to_transaction"))?;
-            producer.commit_transaction(TXN_TIMEOUT).map_err(|e| retry(e, "commit_transaction"))
+            producer
+                .commit_transaction(TXN_TIMEOUT)
+                .map_err(|e| retry(e, "commit_transaction"))
         } else {
             producer.flush(TXN_TIMEOUT).map_err(|e| retry(e, "flush"))?;
             if producer.context().failed.load(Ordering::Relaxed) > failed_before {
-                return Err(BatchError::Retry(anyhow::anyhow!("some outputs were not delivered")));
+                return Err(BatchError::Retry(anyhow::anyhow!(
+                    "some outputs were not delivered"
+                )));
             }
-            consumer.commit(&tpl, CommitMode::Sync).map_err(|e| retry(e, "commit"))
+            consumer
+                .commit(&tpl, CommitMode::Sync)
+                .map_err(|e| retry(e, "commit"))
         }
     })?;
     let _ = stage;
@@ -541,7 +609,10 @@ async fn process_batch<P: Processor>(
 }
 
 /// Enqueues a record, serving delivery reports while librdkafka's queue is full.
-fn send<'a>(producer: &BaseProducer<ProducerCtx>, mut rec: BaseRecord<'a, [u8], [u8]>) -> Result<(), KafkaError> {
+fn send<'a>(
+    producer: &BaseProducer<ProducerCtx>,
+    mut rec: BaseRecord<'a, [u8], [u8]>,
+) -> Result<(), KafkaError> {
     loop {
         match producer.send(rec) {
             Ok(()) => return Ok(()),
