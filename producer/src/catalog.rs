@@ -1,4 +1,8 @@
-//! Synthetic products and users.
+//! The catalog the simulator shops in: products (synthetic, or loaded from a Steam-style CSV by
+//! [`crate::steam`]), users with country, device and segment, and the currencies they pay in.
+//!
+//! Products are kept in popularity order: index 0 is the most popular, which is the rank the Zipf
+//! sampler draws.
 
 use cartstream_events::types::{Product, User};
 use rand::rngs::StdRng;
@@ -46,8 +50,65 @@ const SEGMENTS: &[(&str, u32)] = &[("new", 40), ("regular", 50), ("vip", 10)];
 /// The catalog the simulator shops in.
 #[derive(Debug, Clone)]
 pub struct Catalog {
+    /// Most popular first.
     pub products: Vec<Product>,
     pub users: Vec<User>,
+}
+
+/// Units per US dollar of the currencies the simulator knows (fixed rates: the point is
+/// plausible local prices, not finance).
+const FX_PER_USD: &[(&str, f64)] = &[
+    ("USD", 1.0),
+    ("EUR", 0.92),
+    ("GBP", 0.79),
+    ("PLN", 4.0),
+    ("BRL", 5.0),
+    ("JPY", 150.0),
+    ("INR", 83.0),
+    ("CAD", 1.36),
+];
+
+/// The local currency of a user's country.
+pub fn local_currency(country: &str) -> &'static str {
+    match country {
+        "DE" | "FR" | "ES" | "IT" | "NL" => "EUR",
+        "GB" => "GBP",
+        "PL" => "PLN",
+        "BR" => "BRL",
+        "JP" => "JPY",
+        "IN" => "INR",
+        "CA" => "CAD",
+        _ => "USD",
+    }
+}
+
+/// Whether the simulator can convert prices to and from `code`.
+pub fn is_known_currency(code: &str) -> bool {
+    FX_PER_USD.iter().any(|(c, _)| *c == code)
+}
+
+pub fn known_currencies() -> Vec<&'static str> {
+    FX_PER_USD.iter().map(|(c, _)| *c).collect()
+}
+
+fn per_usd(code: &str) -> f64 {
+    FX_PER_USD
+        .iter()
+        .find(|(c, _)| *c == code)
+        .map_or(1.0, |(_, r)| *r)
+}
+
+/// `price` in `from` converted to `to`, rounded to the minor unit of `to` (JPY has none).
+pub fn convert_price(price: f64, from: &str, to: &str) -> f64 {
+    if from == to || price <= 0.0 {
+        return price;
+    }
+    let v = price / per_usd(from) * per_usd(to);
+    if to == "JPY" {
+        v.round().max(1.0)
+    } else {
+        ((v * 100.0).round() / 100.0).max(0.01)
+    }
 }
 
 fn weighted<'a>(rng: &mut impl Rng, items: &'a [(&'a str, u32)]) -> &'a str {
@@ -111,6 +172,11 @@ impl Catalog {
             .collect();
         Catalog { products, users }
     }
+
+    /// Synthetic users only, for catalogs loaded from files.
+    pub fn synthetic_users(seed: u64, n_users: usize, now_ms: i64) -> Vec<User> {
+        Catalog::synthetic(seed, 0, n_users, now_ms).users
+    }
 }
 
 #[cfg(test)]
@@ -132,5 +198,16 @@ mod tests {
         assert_eq!(ids.len(), 200);
         assert_eq!(category_id("kids.toys"), category_id("kids.toys"));
         assert_ne!(category_id("kids.toys"), category_id("sport.bicycle"));
+    }
+
+    #[test]
+    fn prices_convert_to_minor_units() {
+        assert_eq!(convert_price(10.0, "USD", "USD"), 10.0);
+        assert_eq!(convert_price(10.0, "USD", "EUR"), 9.2);
+        assert_eq!(convert_price(10.0, "USD", "JPY"), 1500.0);
+        assert_eq!(convert_price(0.001, "USD", "EUR"), 0.01);
+        assert_eq!(convert_price(0.0, "USD", "EUR"), 0.0);
+        assert_eq!(local_currency("DE"), "EUR");
+        assert!(known_currencies().iter().all(|c| is_known_currency(c)));
     }
 }

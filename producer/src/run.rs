@@ -1,0 +1,830 @@
+//! The three commands, wired to Kafka: `simulate`, `replay` and `load-catalog`.
+//!
+//! Each registers its schemas, then runs its send loop on a blocking thread (the loop is CPU
+//! work plus non-blocking hand-overs to librdkafka; pacing sleeps), and at the end flushes and
+//! reports sent, failed and rate. Records are keyed by `user_session`: a session's events stay in
+//! order on one partition (sessionization and funnels need that order), the copies of a
+//! duplicated event meet on the same partition (where the cleaner's per-partition dedup sees
+//! them), and sessions spread load evenly where user ids would not (one heavy user or bot would
+//! make a hot partition). Dimension records are keyed by their id in decimal text.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use cartstream_events::types::{Product, RawEvent, SourceMeta, User};
+use cartstream_events::{Contract, Encoder};
+use cartstream_kafka::{Topic, TopicNames};
+use cartstream_runtime::Shutdown;
+use serde_json::json;
+
+use crate::catalog::{is_known_currency, known_currencies, Catalog};
+use crate::cli::{CatalogArgs, Common, LoadCatalogArgs, ReplayArgs, SimulateArgs};
+use crate::clock::{format_rfc3339_into, parse_duration_ms, parse_instant, Pacer};
+use crate::faults::{Delay, FaultConfig, Injector, Kind, Malformed, UNKNOWN_SCHEMA_ID};
+use crate::metrics::Metrics;
+use crate::output::Output;
+use crate::progress::Progress;
+use crate::replay::{self, Item};
+use crate::sim::{blank_event, SimConfig, Simulator, Step, Trend, TrendTarget};
+use crate::truth::{validate, GroundTruth};
+
+fn wall_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// The encoders of one run.
+pub struct Encoders {
+    pub events: Encoder<RawEvent>,
+    pub unknown_schema: Encoder<RawEvent>,
+    pub products: Encoder<Product>,
+    pub users: Encoder<User>,
+}
+
+/// Registers the schemas (or, in a dry run, uses fixed ids) and checks that Kafka answers.
+pub async fn connect(common: &Common, metrics: &Metrics) -> anyhow::Result<(Encoders, Output)> {
+    let unknown_schema = Encoder::with_id(Contract::RAW_CURRENT, UNKNOWN_SCHEMA_ID);
+    if common.dry_run {
+        return Ok((
+            Encoders {
+                events: Encoder::with_id(Contract::RAW_CURRENT, 1),
+                unknown_schema,
+                products: Encoder::with_id(Contract::Product, 2),
+                users: Encoder::with_id(Contract::User, 3),
+            },
+            Output::dry_run(),
+        ));
+    }
+    let kafka = common.kafka.clone();
+    tokio::task::spawn_blocking(move || kafka.check(Duration::from_secs(30))).await??;
+    let registry = common.registry.connect()?;
+    let names = &common.names;
+    let at = || format!("registering schemas at {}", registry.url());
+    let encoders = Encoders {
+        events: Encoder::register(&registry, &names.subject(Topic::Raw))
+            .await
+            .with_context(at)?,
+        unknown_schema,
+        products: Encoder::register(&registry, &names.subject(Topic::Products))
+            .await
+            .with_context(at)?,
+        users: Encoder::register(&registry, &names.subject(Topic::Users))
+            .await
+            .with_context(at)?,
+    };
+    let output = Output::kafka(
+        &common.kafka,
+        Some(metrics.delivered.clone()),
+        Some(metrics.send_errors.clone()),
+    )?;
+    Ok((encoders, output))
+}
+
+/// The catalog of a run: the Steam CSV's games or synthetic products, and synthetic users.
+pub fn load_catalog(args: &CatalogArgs, seed: u64, now_ms: i64) -> anyhow::Result<Catalog> {
+    let users = Catalog::synthetic_users(seed, args.users.max(1), now_ms);
+    let Some(path) = &args.steam_csv else {
+        let mut c = Catalog::synthetic(seed, args.products.max(1), 0, now_ms);
+        c.users = users;
+        return Ok(c);
+    };
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("cannot open --steam-csv {}", path.display()))?;
+    let input = replay::decompress(file)?;
+    let steam = crate::steam::load(input, &args.catalog_currency, now_ms)
+        .with_context(|| format!("loading {}", path.display()))?;
+    let skipped: u64 = steam.skipped.values().sum();
+    println!(
+        "steam catalog {}: {} rows, {} products, {skipped} rows skipped {:?}",
+        path.display(),
+        steam.rows,
+        steam.products.len(),
+        steam.skipped
+    );
+    if steam.products.is_empty() {
+        anyhow::bail!("{} holds no usable product", path.display());
+    }
+    Ok(Catalog {
+        products: steam.products,
+        users,
+    })
+}
+
+/// Publishes products and users to their compacted topics, keyed by id.
+pub fn publish_dimensions(
+    catalog: &Catalog,
+    users: bool,
+    enc: &Encoders,
+    out: &Output,
+    names: &TopicNames,
+    metrics: &Metrics,
+    shutdown: &Shutdown,
+) -> anyhow::Result<()> {
+    let (pt, ut) = (names.name(Topic::Products), names.name(Topic::Users));
+    let mut buf = Vec::with_capacity(512);
+    for p in &catalog.products {
+        buf.clear();
+        enc.products.encode_into(p, &mut buf)?;
+        out.send(
+            &pt,
+            Some(p.product_id.to_string().as_bytes()),
+            &buf,
+            shutdown,
+        )?;
+    }
+    metrics
+        .dimensions
+        .with_label_values(&["product"])
+        .inc_by(catalog.products.len() as u64);
+    if users {
+        for u in &catalog.users {
+            buf.clear();
+            enc.users.encode_into(u, &mut buf)?;
+            out.send(&ut, Some(u.user_id.to_string().as_bytes()), &buf, shutdown)?;
+        }
+        metrics
+            .dimensions
+            .with_label_values(&["user"])
+            .inc_by(catalog.users.len() as u64);
+    }
+    let n = catalog.products.len() as u64 + if users { catalog.users.len() as u64 } else { 0 };
+    metrics.records_dimension.inc_by(n);
+    Ok(())
+}
+
+/// What a send loop did.
+#[derive(Debug, Default)]
+pub struct Totals {
+    pub records: u64,
+    pub events: u64,
+    pub duplicates: u64,
+    pub late: u64,
+    pub malformed: u64,
+    pub bytes: u64,
+}
+
+/// Flushes, then prints the closing report; fails when records were not delivered.
+fn finish(
+    out: &Output,
+    totals: &Totals,
+    started: Instant,
+    what: &str,
+    shutdown: &Shutdown,
+) -> anyhow::Result<()> {
+    if let Err(e) = out.flush(Duration::from_secs(120)) {
+        tracing::error!(error = %e, "flush did not complete");
+    }
+    let secs = started.elapsed().as_secs_f64().max(1e-9);
+    let d = out.deliveries();
+    let mean = if totals.records > 0 {
+        totals.bytes as f64 / totals.records as f64
+    } else {
+        0.0
+    };
+    println!(
+        "done: sent {} records ({} events, {} duplicates, {} malformed; {} late) in {secs:.2}s \
+         ({:.0} records/s), delivered {}, failed {}, mean record size {mean:.0} bytes{}{}",
+        totals.records,
+        totals.events,
+        totals.duplicates,
+        totals.malformed,
+        totals.late,
+        totals.records as f64 / secs,
+        d.delivered(),
+        d.failed(),
+        if matches!(out, Output::DryRun { .. }) {
+            " (dry run: nothing sent)"
+        } else {
+            ""
+        },
+        if shutdown.is_triggered() {
+            " (stopped by signal)"
+        } else {
+            ""
+        },
+    );
+    let _ = what;
+    if d.failed() > 0 {
+        anyhow::bail!(
+            "{} records were not delivered; first error: {}",
+            d.failed(),
+            d.first_error().unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+fn write_truth(path: &Path, truth: &GroundTruth) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(&truth.to_json())?;
+    std::fs::write(path, text + "\n")
+        .with_context(|| format!("cannot write the ground truth to {}", path.display()))?;
+    println!("ground truth written to {}", path.display());
+    Ok(())
+}
+
+/// The simulator's configuration from the flags.
+pub fn sim_config(
+    args: &SimulateArgs,
+    catalog: &Catalog,
+    now_ms: i64,
+    producer_id: String,
+) -> anyhow::Result<SimConfig> {
+    let start_ms = match &args.start_time {
+        Some(s) => parse_instant(s, now_ms).map_err(anyhow::Error::msg)?,
+        None => now_ms,
+    };
+    let live = args.start_time.is_none();
+    if !(args.speed.is_finite() && args.speed > 0.0) {
+        anyhow::bail!("--speed must be above 0");
+    }
+    if !(args.rate.is_finite() && args.rate >= 0.0) {
+        anyhow::bail!("--rate must be 0 (as fast as possible) or more");
+    }
+    let speed = if live { 1.0 } else { args.speed };
+    let rate = if args.rate > 0.0 { args.rate } else { 1000.0 };
+    for c in &args.currencies {
+        if !is_known_currency(c) {
+            anyhow::bail!(
+                "--currencies: {c} is not one the simulator knows ({})",
+                known_currencies().join(", ")
+            );
+        }
+    }
+    let trend = match &args.trend_at {
+        None => None,
+        Some(at) => {
+            let from_ms = match at.strip_prefix('+') {
+                Some(rel) => start_ms + parse_duration_ms(rel).map_err(anyhow::Error::msg)?,
+                None => parse_instant(at, now_ms).map_err(anyhow::Error::msg)?,
+            };
+            let len = parse_duration_ms(&args.trend_for).map_err(anyhow::Error::msg)?;
+            let target = match (&args.trend_category, args.trend_product) {
+                (Some(c), _) => TrendTarget::Category(c.clone()),
+                (None, Some(p)) => TrendTarget::Product(p),
+                (None, None) => {
+                    let sellable: Vec<&Product> =
+                        catalog.products.iter().filter(|p| p.price > 0.0).collect();
+                    let p = sellable
+                        .get(99.min(sellable.len().saturating_sub(1)))
+                        .ok_or_else(|| anyhow::anyhow!("no product to trend"))?;
+                    TrendTarget::Product(p.product_id)
+                }
+            };
+            Some(Trend {
+                target,
+                from_ms,
+                to_ms: from_ms + len,
+                share: args.trend_share.clamp(0.0, 1.0),
+                cart_boost: args.trend_cart_boost.max(0.0),
+            })
+        }
+    };
+    let every = parse_duration_ms(&args.price_change_every).map_err(anyhow::Error::msg)?;
+    Ok(SimConfig {
+        seed: args.seed,
+        producer_id,
+        system: "simulator".into(),
+        start_ms,
+        events_per_sec: rate / speed,
+        seasonality: !live && !args.no_seasonality,
+        sessions: args.sessions.max(1),
+        think_ms: args.think_secs.map(|s| s * 1000.0),
+        session_gap_ms: args.session_gap_secs.max(1) as i64 * 1000,
+        popularity_skew: 1.1,
+        funnel: Default::default(),
+        currencies: args.currencies.clone(),
+        trend,
+        price_change_every_ms: (every > 0).then_some(every),
+    })
+}
+
+pub fn fault_config(args: &SimulateArgs) -> anyhow::Result<FaultConfig> {
+    let f = &args.faults;
+    for (name, r) in [
+        ("--duplicate-ratio", f.duplicate_ratio),
+        ("--late-ratio", f.late_ratio),
+        ("--malformed-ratio", f.malformed_ratio),
+        ("--duplicate-far-share", f.duplicate_far_share),
+    ] {
+        if !(0.0..=1.0).contains(&r) {
+            anyhow::bail!("{name} must be between 0 and 1, not {r}");
+        }
+    }
+    Ok(FaultConfig {
+        seed: args.seed,
+        duplicate_ratio: f.duplicate_ratio,
+        duplicate_far_share: f.duplicate_far_share,
+        duplicate_far_delay: Delay::parse(&f.duplicate_far_delay).map_err(anyhow::Error::msg)?,
+        late_ratio: f.late_ratio,
+        late_delay: Delay::parse(&f.late_delay).map_err(anyhow::Error::msg)?,
+        malformed_ratio: f.malformed_ratio,
+        malformed_kinds: if f.malformed_kinds.is_empty() {
+            Malformed::ALL.to_vec()
+        } else {
+            f.malformed_kinds.clone()
+        },
+    })
+}
+
+/// `simulate`: dimensions first, then events until the count, the duration or a signal.
+pub async fn simulate(
+    args: SimulateArgs,
+    shutdown: Shutdown,
+    metrics: Metrics,
+    on_ready: impl FnOnce(),
+) -> anyhow::Result<()> {
+    let now = wall_ms();
+    let producer_id = format!("producer-{}", std::process::id());
+    let catalog = load_catalog(&args.catalog, args.seed, now)?;
+    let config = sim_config(&args, &catalog, now, producer_id)?;
+    let faults = fault_config(&args)?;
+    let (enc, out) = connect(&args.common, &metrics).await?;
+    let names = args.common.names.clone();
+    if !args.skip_dimensions {
+        publish_dimensions(&catalog, true, &enc, &out, &names, &metrics, &shutdown)?;
+        println!(
+            "dimensions: {} products to {}, {} users to {}",
+            catalog.products.len(),
+            names.name(Topic::Products),
+            catalog.users.len(),
+            names.name(Topic::Users)
+        );
+    }
+    let sim = Simulator::new(catalog, config.clone())?;
+    on_ready();
+    tokio::task::spawn_blocking(move || {
+        simulate_loop(&args, sim, config, faults, &enc, &out, &metrics, &shutdown)
+    })
+    .await?
+}
+
+#[allow(clippy::too_many_arguments)]
+fn simulate_loop(
+    args: &SimulateArgs,
+    mut sim: Simulator,
+    config: SimConfig,
+    faults: FaultConfig,
+    enc: &Encoders,
+    out: &Output,
+    metrics: &Metrics,
+    shutdown: &Shutdown,
+) -> anyhow::Result<()> {
+    let live = args.start_time.is_none();
+    let speed = if live { 1.0 } else { args.speed };
+    let raw_topic = args.common.names.name(Topic::Raw);
+    let products_topic = args.common.names.name(Topic::Products);
+    let mut truth = args.common.ground_truth.as_ref().map(|_| {
+        let mut t = GroundTruth::new();
+        t.watch(sim.trend_product_ids());
+        t
+    });
+    let clean = faults.is_clean();
+    let mut injector = Injector::new(faults.clone());
+    let mut emissions = Vec::new();
+    let mut progress = Progress::new(args.common.progress, args.count, "events");
+    let started = Instant::now();
+    let deadline = args
+        .duration_secs
+        .map(|s| started + Duration::from_secs_f64(s.max(0.0)));
+    let mut totals = Totals::default();
+    let mut ev = blank_event();
+    let mut buf = Vec::with_capacity(512);
+    let mut clock_ms = i64::MIN;
+    tracing::info!(
+        topic = %raw_topic,
+        rate = args.rate,
+        count = ?args.count,
+        clock = if live { "live" } else { "simulated" },
+        think_ms = sim.think_ms(),
+        "sending events"
+    );
+    let mut check = 0u32;
+    loop {
+        if args.count.is_some_and(|c| totals.events >= c) {
+            break;
+        }
+        check = check.wrapping_add(1);
+        if (check.is_multiple_of(256) || args.rate > 0.0)
+            && (shutdown.is_triggered() || deadline.is_some_and(|d| Instant::now() >= d))
+        {
+            break;
+        }
+        let time_ms = match sim.next(&mut ev) {
+            Step::PriceChange { product, .. } => {
+                buf.clear();
+                enc.products.encode_into(&product, &mut buf)?;
+                let key = product.product_id.to_string();
+                out.send(&products_topic, Some(key.as_bytes()), &buf, shutdown)?;
+                metrics.price_changes.inc();
+                metrics.records_dimension.inc();
+                if let Some(t) = truth.as_mut() {
+                    t.record_price_change();
+                }
+                continue;
+            }
+            Step::Event { time_ms } => time_ms,
+        };
+        if args.rate > 0.0 {
+            // Pace by event time: due when the simulated clock reaches it.
+            let due = (time_ms - config.start_ms) as f64 / 1000.0 / speed;
+            let wait = due - started.elapsed().as_secs_f64();
+            if wait > 0.001 {
+                std::thread::sleep(Duration::from_secs_f64(wait));
+            }
+        }
+        let event_ms = if live { wall_ms() } else { time_ms };
+        clock_ms = clock_ms.max(event_ms);
+        let sent_at = if live { event_ms } else { clock_ms };
+        ev.event_time.clear();
+        format_rfc3339_into(event_ms, &mut ev.event_time);
+        ev.source.sent_at = sent_at;
+        if clean {
+            buf.clear();
+            enc.events.encode_into(&ev, &mut buf)?;
+            let key = ev.user_session.as_deref().map(str::as_bytes);
+            out.send(&raw_topic, key, &buf, shutdown)?;
+            totals.records += 1;
+            totals.events += 1;
+            totals.bytes += buf.len() as u64;
+            metrics.event(&ev.event_type).inc();
+            metrics.records_event.inc();
+            if let Some(t) = truth.as_mut() {
+                t.record(&ev);
+            }
+        } else {
+            injector.push(ev.clone(), event_ms, &mut emissions);
+            totals.events += 1;
+            for e in emissions.drain(..) {
+                let now = if live { wall_ms() } else { clock_ms };
+                send_emission(
+                    e,
+                    now,
+                    enc,
+                    out,
+                    &raw_topic,
+                    &mut buf,
+                    &mut totals,
+                    metrics,
+                    truth.as_mut(),
+                    shutdown,
+                )?;
+            }
+        }
+        metrics.event_time.set(event_ms as f64 / 1000.0);
+        progress.update(totals.events, || {
+            format!(
+                "records {} delivered {} failed {} sessions {}",
+                totals.records,
+                out.deliveries().delivered(),
+                out.deliveries().failed(),
+                sim.active_sessions()
+            )
+        });
+    }
+    injector.finish(&mut emissions);
+    for e in emissions.drain(..) {
+        let now = if live { wall_ms() } else { clock_ms };
+        send_emission(
+            e,
+            now,
+            enc,
+            out,
+            &raw_topic,
+            &mut buf,
+            &mut totals,
+            metrics,
+            truth.as_mut(),
+            shutdown,
+        )?;
+    }
+    progress.finish();
+    metrics.bytes.inc_by(totals.bytes);
+    let result = finish(out, &totals, started, "events", shutdown);
+    if let (Some(path), Some(t)) = (&args.common.ground_truth, truth.as_mut()) {
+        let inj = injector.injected();
+        t.extra.insert("source".into(), json!("simulate"));
+        t.extra.insert(
+            "injected".into(),
+            json!({
+                "duplicates": inj.duplicates,
+                "duplicates_far": inj.duplicates_far,
+                "late": inj.late,
+                "malformed": inj.malformed,
+            }),
+        );
+        t.extra.insert(
+            "config".into(),
+            json!({
+                "seed": args.seed,
+                "clock": if live { "live" } else { "simulated" },
+                "start_ms": config.start_ms,
+                "speed": speed,
+                "events_per_sec_event_time": config.events_per_sec,
+                "session_gap_ms": config.session_gap_ms,
+                "duplicate_ratio": faults.duplicate_ratio,
+                "late_ratio": faults.late_ratio,
+                "malformed_ratio": faults.malformed_ratio,
+            }),
+        );
+        if let Some(tr) = &config.trend {
+            t.extra.insert(
+                "trend".into(),
+                json!({
+                    "target": match &tr.target { TrendTarget::Product(p) => json!({"product_id": p}), TrendTarget::Category(c) => json!({"category_code": c}) },
+                    "product_ids": sim.trend_product_ids(),
+                    "from_ms": tr.from_ms,
+                    "to_ms": tr.to_ms,
+                    "share": tr.share,
+                }),
+            );
+        }
+        write_truth(path, t)?;
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+fn send_emission(
+    mut e: crate::faults::Emission,
+    now_ms: i64,
+    enc: &Encoders,
+    out: &Output,
+    topic: &str,
+    buf: &mut Vec<u8>,
+    totals: &mut Totals,
+    metrics: &Metrics,
+    truth: Option<&mut GroundTruth>,
+    shutdown: &Shutdown,
+) -> anyhow::Result<()> {
+    e.event.source.sent_at = now_ms;
+    buf.clear();
+    let mut undecodable = None;
+    match (&e.kind, e.raw_bytes.take()) {
+        (Kind::Malformed(Malformed::GarbageBytes), Some(bytes)) => {
+            *buf = bytes;
+            undecodable = Some("bad_magic");
+        }
+        (Kind::Malformed(Malformed::UnknownSchemaId), _) => {
+            enc.unknown_schema.encode_into(&e.event, buf)?;
+            undecodable = Some("unknown_schema_id");
+        }
+        _ => enc.events.encode_into(&e.event, buf)?,
+    }
+    let key = e.event.user_session.as_deref().map(str::as_bytes);
+    out.send(topic, key, buf, shutdown)?;
+    totals.records += 1;
+    totals.bytes += buf.len() as u64;
+    match &e.kind {
+        Kind::Original => {
+            metrics.records_event.inc();
+            metrics.event(&e.event.event_type).inc();
+        }
+        Kind::Late { .. } => {
+            totals.late += 1;
+            metrics.records_event.inc();
+            metrics.event(&e.event.event_type).inc();
+            metrics.faults.with_label_values(&["late"]).inc();
+        }
+        Kind::Duplicate { .. } => {
+            totals.duplicates += 1;
+            metrics.records_duplicate.inc();
+            metrics.faults.with_label_values(&["duplicate"]).inc();
+        }
+        Kind::Malformed(m) => {
+            totals.malformed += 1;
+            metrics.records_malformed.inc();
+            metrics.faults.with_label_values(&[m.as_str()]).inc();
+        }
+    }
+    if let Some(t) = truth {
+        match undecodable {
+            Some(code) => t.record_undecodable(code),
+            None => t.record(&e.event),
+        }
+    }
+    Ok(())
+}
+
+/// What a replay skipped, by reason, with the first line numbers.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct ReplayReport {
+    pub file: String,
+    pub rows: u64,
+    pub sent: u64,
+    pub skipped: BTreeMap<&'static str, SkipDetail>,
+    /// Rows sent that a cleaner must reject, by its rejection code.
+    pub cleaner_will_reject: BTreeMap<&'static str, u64>,
+    /// Set when the end of the file could not be read (e.g. a truncated gzip stream).
+    pub unreadable_rest: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Default, serde::Serialize)]
+pub struct SkipDetail {
+    pub count: u64,
+    /// The first line numbers (1-based, the header is line 1).
+    pub lines: Vec<u64>,
+}
+
+/// `replay`: every row of the file that forms an event, once, in file order.
+pub async fn replay(
+    args: ReplayArgs,
+    shutdown: Shutdown,
+    metrics: Metrics,
+    on_ready: impl FnOnce(),
+) -> anyhow::Result<()> {
+    let file = std::fs::File::open(&args.file)
+        .with_context(|| format!("cannot open --file {}", args.file.display()))?;
+    let input =
+        replay::decompress(file).with_context(|| format!("cannot read {}", args.file.display()))?;
+    let rows = replay::Rows::new(input, &args.columns)
+        .with_context(|| format!("reading the header of {}", args.file.display()))?;
+    let max_gap = match &args.max_gap {
+        Some(g) => Some(parse_duration_ms(g).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    let (enc, out) = connect(&args.common, &metrics).await?;
+    on_ready();
+    tokio::task::spawn_blocking(move || {
+        replay_loop(&args, rows, max_gap, &enc, &out, &metrics, &shutdown)
+    })
+    .await?
+}
+
+fn replay_loop(
+    args: &ReplayArgs,
+    rows: replay::Rows<Box<dyn std::io::Read + Send>>,
+    max_gap: Option<i64>,
+    enc: &Encoders,
+    out: &Output,
+    metrics: &Metrics,
+    shutdown: &Shutdown,
+) -> anyhow::Result<()> {
+    let topic = args.common.names.name(Topic::Raw);
+    let file_name = args.file.file_name().map_or_else(
+        || args.file.display().to_string(),
+        |f| f.to_string_lossy().into_owned(),
+    );
+    let producer_id = format!("producer-{}", std::process::id());
+    let mut truth = args
+        .common
+        .ground_truth
+        .as_ref()
+        .map(|_| GroundTruth::new());
+    let mut report = ReplayReport {
+        file: args.file.display().to_string(),
+        ..Default::default()
+    };
+    let mut pacer = Pacer::new(args.speed, max_gap);
+    let mut shift: Option<i64> = None;
+    let mut progress = Progress::new(args.common.progress, args.limit, "rows");
+    let mut totals = Totals::default();
+    let mut buf = Vec::with_capacity(512);
+    let started = Instant::now();
+    let sent_counter = metrics.replay_rows.with_label_values(&["sent"]);
+    for item in rows {
+        if shutdown.is_triggered() || args.limit.is_some_and(|l| report.rows >= l) {
+            break;
+        }
+        match item {
+            Item::Skipped { line, reason } => {
+                report.rows += 1;
+                let d = report.skipped.entry(reason.as_str()).or_default();
+                d.count += 1;
+                if d.lines.len() < 20 {
+                    d.lines.push(line);
+                }
+                metrics
+                    .replay_rows
+                    .with_label_values(&[reason.as_str()])
+                    .inc();
+            }
+            Item::Unreadable { line, error } => {
+                tracing::warn!(line, error = %error, "the rest of the file cannot be read");
+                report.unreadable_rest = Some(json!({"after_line": line, "error": error}));
+                metrics
+                    .replay_rows
+                    .with_label_values(&["unreadable_rest"])
+                    .inc();
+            }
+            Item::Row { line, row } => {
+                report.rows += 1;
+                let time = row.time_ms;
+                if let Some(due) = pacer.due_secs(time) {
+                    let wait = due - started.elapsed().as_secs_f64();
+                    if wait > 0.001 {
+                        std::thread::sleep(Duration::from_secs_f64(wait));
+                    }
+                }
+                let now = wall_ms();
+                let meta = SourceMeta {
+                    system: "replay".into(),
+                    producer_id: producer_id.clone(),
+                    file: Some(file_name.clone()),
+                    line: Some(line as i64),
+                    sent_at: now,
+                };
+                let mut ev = row.into_event(&args.currency, meta);
+                if let (true, Some(t)) = (args.shift_to_now, time) {
+                    let s = *shift.get_or_insert(now - t);
+                    ev.event_time.clear();
+                    format_rfc3339_into(t + s, &mut ev.event_time);
+                }
+                buf.clear();
+                enc.events.encode_into(&ev, &mut buf)?;
+                let key = ev.user_session.as_deref().map(str::as_bytes);
+                out.send(&topic, key, &buf, shutdown)?;
+                report.sent += 1;
+                totals.records += 1;
+                totals.events += 1;
+                totals.bytes += buf.len() as u64;
+                sent_counter.inc();
+                metrics.records_event.inc();
+                metrics.event(&ev.event_type).inc();
+                if let Err(code) = validate(&ev) {
+                    *report.cleaner_will_reject.entry(code).or_default() += 1;
+                }
+                if let Some(t) = time {
+                    metrics.event_time.set(t as f64 / 1000.0);
+                }
+                if let Some(t) = truth.as_mut() {
+                    t.record(&ev);
+                }
+            }
+        }
+        progress.update(report.rows, || {
+            format!(
+                "sent {} delivered {} skipped {}",
+                report.sent,
+                out.deliveries().delivered(),
+                report.rows - report.sent
+            )
+        });
+    }
+    progress.finish();
+    metrics.bytes.inc_by(totals.bytes);
+    let result = finish(out, &totals, started, "rows", shutdown);
+    let skipped: u64 = report.skipped.values().map(|d| d.count).sum();
+    println!(
+        "replay {}: {} rows, {} sent, {skipped} skipped",
+        report.file, report.rows, report.sent
+    );
+    for (reason, d) in &report.skipped {
+        println!("  skipped {reason}: {} (lines {:?})", d.count, d.lines);
+    }
+    for (code, n) in &report.cleaner_will_reject {
+        println!("  sent, the cleaner will reject as {code}: {n}");
+    }
+    if let Some(u) = &report.unreadable_rest {
+        println!("  the rest of the file could not be read: {u}");
+    }
+    if let Some(path) = &args.report {
+        std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
+            .with_context(|| format!("cannot write the report to {}", path.display()))?;
+    }
+    if let (Some(path), Some(t)) = (&args.common.ground_truth, truth.as_mut()) {
+        t.extra.insert("source".into(), json!("replay"));
+        t.extra
+            .insert("replay".into(), serde_json::to_value(&report)?);
+        write_truth(path, t)?;
+    }
+    result
+}
+
+/// `load-catalog`: products (and users) to the dimension topics, then exit.
+pub async fn load_catalog_cmd(
+    args: LoadCatalogArgs,
+    shutdown: Shutdown,
+    metrics: Metrics,
+) -> anyhow::Result<()> {
+    let now = wall_ms();
+    let catalog = load_catalog(&args.catalog, args.seed, now)?;
+    let (enc, out) = connect(&args.common, &metrics).await?;
+    let started = Instant::now();
+    let names = args.common.names.clone();
+    let users = !args.skip_users;
+    tokio::task::spawn_blocking(move || {
+        publish_dimensions(&catalog, users, &enc, &out, &names, &metrics, &shutdown)?;
+        let n = catalog.products.len() as u64 + if users { catalog.users.len() as u64 } else { 0 };
+        println!(
+            "catalog: {} products to {}{}",
+            catalog.products.len(),
+            names.name(Topic::Products),
+            if users {
+                format!(
+                    ", {} users to {}",
+                    catalog.users.len(),
+                    names.name(Topic::Users)
+                )
+            } else {
+                String::new()
+            }
+        );
+        let totals = Totals {
+            records: n,
+            ..Totals::default()
+        };
+        finish(&out, &totals, started, "records", &shutdown)
+    })
+    .await?
+}
