@@ -74,7 +74,11 @@ async fn simulated_faults_have_the_asked_ratios_and_the_ground_truth_matches_the
         .map(|v| v.as_u64().unwrap())
         .sum();
     // Stated tolerance: each injected count is within 4 standard deviations of n × ratio.
-    for (what, count) in [("duplicates", dups), ("late", late), ("malformed", malformed)] {
+    for (what, count) in [
+        ("duplicates", dups),
+        ("late", late),
+        ("malformed", malformed),
+    ] {
         assert!(within(count, n, 0.05, 4.0), "{what}: {count} of {n}");
     }
 
@@ -120,7 +124,10 @@ async fn simulated_faults_have_the_asked_ratios_and_the_ground_truth_matches_the
             }
         }
     }
-    assert_eq!(codes.get("bad_magic").copied(), injected["malformed"]["garbage_bytes"].as_u64());
+    assert_eq!(
+        codes.get("bad_magic").copied(),
+        injected["malformed"]["garbage_bytes"].as_u64()
+    );
     assert_eq!(
         codes.get("unknown_schema_id").copied(),
         injected["malformed"]["unknown_schema_id"].as_u64()
@@ -134,14 +141,19 @@ async fn simulated_faults_have_the_asked_ratios_and_the_ground_truth_matches_the
         .sum();
     let decodable_malformed = malformed
         - injected["malformed"]["garbage_bytes"].as_u64().unwrap_or(0)
-        - injected["malformed"]["unknown_schema_id"].as_u64().unwrap_or(0);
+        - injected["malformed"]["unknown_schema_id"]
+            .as_u64()
+            .unwrap_or(0);
     assert_eq!(rejected_decoded, decodable_malformed);
     assert_eq!(on_topic.events(), n);
     assert_eq!(on_topic.duplicates(), dups);
     assert_eq!(seen.values().filter(|c| **c == 2).count() as u64, dups);
     // Late events are behind on their partition too (a few may not be, when no newer event of
     // their partition was sent before them).
-    assert!(behind <= late && behind as f64 >= 0.7 * late as f64, "behind {behind}, late {late}");
+    assert!(
+        behind <= late && behind as f64 >= 0.7 * late as f64,
+        "behind {behind}, late {late}"
+    );
 
     // The ground truth file equals the topic's content, section by section.
     let topic_json = on_topic.to_json();
@@ -171,7 +183,10 @@ async fn simulated_faults_have_the_asked_ratios_and_the_ground_truth_matches_the
     assert_eq!(products.len() as u64, 300 + price_changes);
     let pdec = Decoder::<Product>::new(ns.registry.clone());
     for m in &products {
-        let p = pdec.decode(m.payload().unwrap()).await.expect("product decodes");
+        let p = pdec
+            .decode(m.payload().unwrap())
+            .await
+            .expect("product decodes");
         assert_eq!(key_str(m), Some(p.product_id.to_string().as_str()));
     }
     let users = ns.read(Topic::Users);
@@ -210,7 +225,11 @@ async fn a_trend_shows_in_the_ground_truth_and_the_default_command_still_works()
         "--ground-truth",
         truth_path.to_str().unwrap(),
     ]);
-    assert!(stdout(&out).contains("sent 6000 records"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("sent 6000 records"),
+        "{}",
+        stdout(&out)
+    );
     let truth: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&truth_path).unwrap()).unwrap();
     let from = truth["trend"]["from_ms"].as_i64().unwrap();
@@ -218,14 +237,20 @@ async fn a_trend_shows_in_the_ground_truth_and_the_default_command_still_works()
     let mut before = 0;
     let mut during = 0;
     for m in truth["watched_purchases_per_minute"].as_array().unwrap() {
-        let (t, n) = (m["minute"].as_i64().unwrap(), m["purchases"].as_u64().unwrap());
+        let (t, n) = (
+            m["minute"].as_i64().unwrap(),
+            m["purchases"].as_u64().unwrap(),
+        );
         if t < from {
             before += n;
         } else if t < to {
             during += n;
         }
     }
-    assert!(during > 5 * before.max(1), "before {before}, during {during}");
+    assert!(
+        during > 5 * before.max(1),
+        "before {before}, during {during}"
+    );
     assert_eq!(ns.read(Topic::Raw).len(), 6000);
     ns.cleanup().await;
 }
