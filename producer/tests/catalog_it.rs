@@ -1,5 +1,6 @@
 //! `load-catalog` with a Steam-style CSV: games on the compacted product topic, keyed by app id,
 //! genres as categories; users with country, device and segment.
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
 mod common;
 

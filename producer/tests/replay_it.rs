@@ -1,5 +1,6 @@
 //! Replaying REES46-format files with the messy rows of real exports: every good row is sent
 //! once, every bad one is reported with its reason and line, nothing crashes.
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
 mod common;
 

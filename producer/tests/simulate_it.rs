@@ -1,6 +1,7 @@
 //! The simulator against the real broker and registry: what it sends decodes with the
 //! registered schemas, the injected fault ratios are what was asked, the dimensions are on their
 //! compacted topics keyed by id, and the ground-truth file equals what is on the topic.
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
 mod common;
 
