@@ -14,6 +14,9 @@
 //! - [`catalog`], [`steam`], [`zipf`], [`clock`]: catalogs, the Steam CSV loader, popularity,
 //!   time formatting, seasonality and pacing.
 //!
+//! - [`fastavro`]: the raw event's Avro bytes written by hand (the hot path), verified against
+//!   the schema-driven encoder.
+//!
 //! Then the I/O: [`output`] (Kafka or a dry run), [`metrics`], [`progress`], [`cli`] and [`run`]
 //! (the three commands). `producer/README.md` is the user's guide: the CLI, the keys, the
 //! event-id rule and the ground-truth definitions.
@@ -25,6 +28,7 @@
 pub mod catalog;
 pub mod cli;
 pub mod clock;
+pub mod fastavro;
 pub mod faults;
 pub mod metrics;
 pub mod output;

@@ -22,6 +22,7 @@ use serde_json::json;
 use crate::catalog::{is_known_currency, known_currencies, Catalog};
 use crate::cli::{CatalogArgs, Common, LoadCatalogArgs, ReplayArgs, SimulateArgs};
 use crate::clock::{format_rfc3339_into, parse_duration_ms, parse_instant, Pacer};
+use crate::fastavro::FastRawWriter;
 use crate::faults::{Delay, FaultConfig, Injector, Kind, Malformed, UNKNOWN_SCHEMA_ID};
 use crate::metrics::Metrics;
 use crate::output::Output;
@@ -37,9 +38,43 @@ fn wall_ms() -> i64 {
 /// The encoders of one run.
 pub struct Encoders {
     pub events: Encoder<RawEvent>,
+    /// The hand-written writer of the same bytes, when it verified against `events`.
+    pub fast: Option<FastRawWriter>,
     pub unknown_schema: Encoder<RawEvent>,
     pub products: Encoder<Product>,
     pub users: Encoder<User>,
+}
+
+impl Encoders {
+    fn new(
+        events: Encoder<RawEvent>,
+        unknown_schema: Encoder<RawEvent>,
+        products: Encoder<Product>,
+        users: Encoder<User>,
+    ) -> Self {
+        let fast = FastRawWriter::verified(&events);
+        if fast.is_none() {
+            tracing::warn!(
+                "the fast raw event writer does not match the schema; using the generic encoder"
+            );
+        }
+        Encoders {
+            events,
+            fast,
+            unknown_schema,
+            products,
+            users,
+        }
+    }
+
+    /// Appends a framed raw event to `buf`.
+    pub fn encode_event(&self, ev: &RawEvent, buf: &mut Vec<u8>) -> anyhow::Result<()> {
+        match &self.fast {
+            Some(f) => f.encode_into(ev, buf),
+            None => self.events.encode_into(ev, buf)?,
+        }
+        Ok(())
+    }
 }
 
 /// Registers the schemas (or, in a dry run, uses fixed ids) and checks that Kafka answers.
@@ -47,12 +82,12 @@ pub async fn connect(common: &Common, metrics: &Metrics) -> anyhow::Result<(Enco
     let unknown_schema = Encoder::with_id(Contract::RAW_CURRENT, UNKNOWN_SCHEMA_ID);
     if common.dry_run {
         return Ok((
-            Encoders {
-                events: Encoder::with_id(Contract::RAW_CURRENT, 1),
+            Encoders::new(
+                Encoder::with_id(Contract::RAW_CURRENT, 1),
                 unknown_schema,
-                products: Encoder::with_id(Contract::Product, 2),
-                users: Encoder::with_id(Contract::User, 3),
-            },
+                Encoder::with_id(Contract::Product, 2),
+                Encoder::with_id(Contract::User, 3),
+            ),
             Output::dry_run(),
         ));
     }
@@ -61,18 +96,18 @@ pub async fn connect(common: &Common, metrics: &Metrics) -> anyhow::Result<(Enco
     let registry = common.registry.connect()?;
     let names = &common.names;
     let at = || format!("registering schemas at {}", registry.url());
-    let encoders = Encoders {
-        events: Encoder::register(&registry, &names.subject(Topic::Raw))
+    let encoders = Encoders::new(
+        Encoder::register(&registry, &names.subject(Topic::Raw))
             .await
             .with_context(at)?,
         unknown_schema,
-        products: Encoder::register(&registry, &names.subject(Topic::Products))
+        Encoder::register(&registry, &names.subject(Topic::Products))
             .await
             .with_context(at)?,
-        users: Encoder::register(&registry, &names.subject(Topic::Users))
+        Encoder::register(&registry, &names.subject(Topic::Users))
             .await
             .with_context(at)?,
-    };
+    );
     let output = Output::kafka(
         &common.kafka,
         Some(metrics.delivered.clone()),
@@ -441,7 +476,7 @@ fn simulate_loop(
         ev.source.sent_at = sent_at;
         if clean {
             buf.clear();
-            enc.events.encode_into(&ev, &mut buf)?;
+            enc.encode_event(&ev, &mut buf)?;
             let key = ev.user_session.as_deref().map(str::as_bytes);
             out.send(&raw_topic, key, &buf, shutdown)?;
             totals.records += 1;
@@ -569,7 +604,7 @@ fn send_emission(
             enc.unknown_schema.encode_into(&e.event, buf)?;
             undecodable = Some("unknown_schema_id");
         }
-        _ => enc.events.encode_into(&e.event, buf)?,
+        _ => enc.encode_event(&e.event, buf)?,
     }
     let key = e.event.user_session.as_deref().map(str::as_bytes);
     out.send(topic, key, buf, shutdown)?;
@@ -731,7 +766,7 @@ fn replay_loop(
                     format_rfc3339_into(t + s, &mut ev.event_time);
                 }
                 buf.clear();
-                enc.events.encode_into(&ev, &mut buf)?;
+                enc.encode_event(&ev, &mut buf)?;
                 let key = ev.user_session.as_deref().map(str::as_bytes);
                 out.send(&topic, key, &buf, shutdown)?;
                 report.sent += 1;
