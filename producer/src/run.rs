@@ -461,8 +461,13 @@ fn simulate_loop(
             Step::Event { time_ms } => time_ms,
         };
         if args.rate > 0.0 {
-            // Pace by event time: due when the simulated clock reaches it.
-            let due = (time_ms - config.start_ms) as f64 / 1000.0 / speed;
+            // Live: exactly --rate events per second. Simulated: due when the simulated clock
+            // reaches the event (the rate then follows the hour of day).
+            let due = if live {
+                totals.events as f64 / args.rate
+            } else {
+                (time_ms - config.start_ms) as f64 / 1000.0 / speed
+            };
             let wait = due - started.elapsed().as_secs_f64();
             if wait > 0.001 {
                 std::thread::sleep(Duration::from_secs_f64(wait));

@@ -367,13 +367,20 @@ impl Simulator {
         (self.exp(self.think_ms).min(cap) as i64).max(1)
     }
 
+    /// Gap between the purchase events of one order: up to 1.5 s, a think time on average
+    /// when that is shorter (so orders do not change the event rate).
+    fn order_line_gap(&mut self) -> i64 {
+        let max = (2.0 * self.think_ms) as i64;
+        let max = max.clamp(2, 1500);
+        self.rng.random_range(1..=max)
+    }
+
     fn schedule(&mut self, at: i64, slot: usize) {
         self.seq += 1;
         self.queue.push(Reverse((at, self.seq, slot)));
     }
 
-    /// Starts sessions until the target is met. At the start they are spread over one think
-    /// time, as if the shop had been open already.
+    /// Starts sessions until the target is met.
     fn fill_sessions(&mut self, initial: bool) {
         let target = self.target_sessions(self.now);
         while self.active < target {
@@ -399,6 +406,9 @@ impl Simulator {
                     self.slots.len() - 1
                 }
             };
+            // At the start sessions are spread over one think time, as if the shop had been
+            // open already; later a new shopper arrives as another leaves, acting a think time
+            // later, so the event rate stays on target.
             let delay = if initial {
                 self.rng.random_range(0.0..self.think_ms)
             } else {
@@ -478,8 +488,8 @@ impl Simulator {
                 self.slots[slot] = Some(s);
                 self.end_session(slot);
             } else {
-                // The other lines of the order follow within a second or two.
-                let at = t + self.rng.random_range(20..1500);
+                // The other lines of the order follow quickly.
+                let at = t + self.order_line_gap();
                 self.slots[slot] = Some(s);
                 self.schedule(at, slot);
             }
@@ -487,25 +497,6 @@ impl Simulator {
         }
         let f = self.config.funnel.clone();
         let r: f64 = self.rng.random();
-        if s.events > 0 {
-            if r < f.idle {
-                // Idle past the gap: the session is over; the user returns much later.
-                s.away = true;
-                s.cart.clear();
-                let gap = self.config.session_gap_ms as f64;
-                let back = t + (gap + self.exp(gap)) as i64 + 1000;
-                self.slots[slot] = Some(s);
-                self.active -= 1;
-                self.schedule(back, slot);
-                return None;
-            }
-            if r < f.idle + f.end {
-                self.slots[slot] = Some(s);
-                self.end_session(slot);
-                return None;
-            }
-        }
-        let r = r - f.idle - f.end;
         let kind;
         let (product, qty);
         if s.events > 0 && !s.cart.is_empty() && r < f.checkout {
@@ -545,15 +536,35 @@ impl Simulator {
         }
         s.events += 1;
         self.fill(ev, &s, kind, product, qty);
-        let at = if kind == "purchase" && !s.checkout.is_empty() {
-            t + self.rng.random_range(20..1500)
-        } else {
-            t + self.pause()
-        };
-        if kind == "purchase" && s.checkout.is_empty() {
+        if kind == "purchase" {
+            let more = !s.checkout.is_empty();
+            self.slots[slot] = Some(s);
+            if more {
+                let at = t + self.order_line_gap();
+                self.schedule(at, slot);
+            } else {
+                self.end_session(slot);
+            }
+            return Some(Step::Event { time_ms: t });
+        }
+        // After each event the shopper may leave: idle past the gap (the session is over, the
+        // user returns much later under a new one) or for good (abandoning any cart). Deciding
+        // here, not at the next turn, keeps one event per think time per active session: a
+        // replacement starts a think time later, as the next event would have.
+        let leave: f64 = self.rng.random();
+        if leave < f.idle {
+            s.away = true;
+            s.cart.clear();
+            let gap = self.config.session_gap_ms as f64;
+            let back = t + (gap + self.exp(gap)) as i64 + 1000;
+            self.slots[slot] = Some(s);
+            self.active -= 1;
+            self.schedule(back, slot);
+        } else if leave < f.idle + f.end {
             self.slots[slot] = Some(s);
             self.end_session(slot);
         } else {
+            let at = t + self.pause();
             self.slots[slot] = Some(s);
             self.schedule(at, slot);
         }
@@ -708,6 +719,24 @@ mod tests {
                 .insert(e.user_session.as_deref().unwrap());
         }
         assert!(sessions_per_user.values().any(|s| s.len() > 1));
+    }
+
+    #[test]
+    fn high_rates_are_met_too() {
+        for (rate, sessions) in [(20_000.0, 1000), (2500.0, 1000), (5.0, 1000)] {
+            let mut s = sim_with(1, |c| {
+                c.events_per_sec = rate;
+                c.sessions = sessions;
+            });
+            let evs = events(&mut s, 100_000);
+            let span_s = (evs.last().unwrap().0 - evs[0].0) as f64 / 1000.0;
+            let got = evs.len() as f64 / span_s;
+            eprintln!("asked {rate}/s, got {got:.1}/s");
+            assert!(
+                (got / rate - 1.0).abs() < 0.05,
+                "asked {rate}/s, got {got:.1}/s"
+            );
+        }
     }
 
     #[test]
