@@ -56,9 +56,6 @@ pub struct Common {
     /// Progress display: a bar on a terminal, plain lines otherwise (auto), or forced.
     #[arg(long, env = "PRODUCER_PROGRESS", value_enum, default_value_t = ProgressMode::Auto)]
     pub progress: ProgressMode,
-    /// Write the ground truth (exact KPIs of what was sent, JSON) to this file at the end.
-    #[arg(long, env = "PRODUCER_GROUND_TRUTH")]
-    pub ground_truth: Option<PathBuf>,
 }
 
 /// The shop: its products and users.
@@ -162,6 +159,9 @@ pub struct SimulateArgs {
     pub trend_cart_boost: f64,
     #[command(flatten)]
     pub faults: FaultArgs,
+    /// Write the ground truth (exact KPIs of what was sent, JSON) to this file at the end.
+    #[arg(long, env = "PRODUCER_GROUND_TRUTH")]
+    pub ground_truth: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]
@@ -224,6 +224,9 @@ pub struct ReplayArgs {
     /// Write the replay report (rows sent, skipped by reason with line numbers) as JSON here.
     #[arg(long, env = "PRODUCER_REPORT")]
     pub report: Option<PathBuf>,
+    /// Write the ground truth (exact KPIs of what was sent, JSON) to this file at the end.
+    #[arg(long, env = "PRODUCER_GROUND_TRUTH")]
+    pub ground_truth: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]

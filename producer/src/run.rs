@@ -409,7 +409,7 @@ fn simulate_loop(
     let speed = if live { 1.0 } else { args.speed };
     let raw_topic = args.common.names.name(Topic::Raw);
     let products_topic = args.common.names.name(Topic::Products);
-    let mut truth = args.common.ground_truth.as_ref().map(|_| {
+    let mut truth = args.ground_truth.as_ref().map(|_| {
         let mut t = GroundTruth::new();
         t.watch(sim.trend_product_ids());
         t
@@ -541,7 +541,7 @@ fn simulate_loop(
     progress.finish();
     metrics.bytes.inc_by(totals.bytes);
     let result = finish(out, &totals, started, "events", shutdown);
-    if let (Some(path), Some(t)) = (&args.common.ground_truth, truth.as_mut()) {
+    if let (Some(path), Some(t)) = (&args.ground_truth, truth.as_mut()) {
         let inj = injector.injected();
         t.extra.insert("source".into(), json!("simulate"));
         t.extra.insert(
@@ -706,11 +706,7 @@ fn replay_loop(
         |f| f.to_string_lossy().into_owned(),
     );
     let producer_id = format!("producer-{}", std::process::id());
-    let mut truth = args
-        .common
-        .ground_truth
-        .as_ref()
-        .map(|_| GroundTruth::new());
+    let mut truth = args.ground_truth.as_ref().map(|_| GroundTruth::new());
     let mut report = ReplayReport {
         file: args.file.display().to_string(),
         ..Default::default()
@@ -822,7 +818,7 @@ fn replay_loop(
         std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
             .with_context(|| format!("cannot write the report to {}", path.display()))?;
     }
-    if let (Some(path), Some(t)) = (&args.common.ground_truth, truth.as_mut()) {
+    if let (Some(path), Some(t)) = (&args.ground_truth, truth.as_mut()) {
         t.extra.insert("source".into(), json!("replay"));
         t.extra
             .insert("replay".into(), serde_json::to_value(&report)?);
