@@ -231,8 +231,9 @@ mod tests {
 
     #[test]
     fn every_rule_has_its_code() {
+        type Mutation = Box<dyn Fn(&mut RawEvent)>;
         let r = Rules::default();
-        let cases: Vec<(&str, Box<dyn Fn(&mut RawEvent)>)> = vec![
+        let cases: Vec<(&str, Mutation)> = vec![
             ("missing_event_id", Box::new(|e| e.event_id = "  ".into())),
             ("missing_user_session", Box::new(|e| e.user_session = None)),
             (

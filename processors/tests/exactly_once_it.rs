@@ -63,7 +63,10 @@ fn raw(i: usize, now: i64) -> RawEvent {
     }
 }
 
-async fn produce(kafka: &KafkaArgs, names: &TopicNames, n: usize) -> Sent {
+/// Sends `n` events spread over about `spread`, so the processors are busy the whole time.
+async fn produce(kafka: KafkaArgs, names: TopicNames, n: usize, spread: Duration) -> Sent {
+    let (kafka, names) = (&kafka, &names);
+    let started = Instant::now();
     let registry = kit::registry();
     let enc: Encoder<RawEvent> = Encoder::register(&registry, &names.subject(Topic::Raw))
         .await
@@ -184,8 +187,10 @@ async fn produce(kafka: &KafkaArgs, names: &TopicNames, n: usize) -> Sent {
         }
         sent.total += 1;
         futures.push(send(topic.clone(), key, payload));
-        if futures.len() >= 2000 {
+        if futures.len() >= 500 {
             futures::future::join_all(futures.drain(..)).await;
+            let due = started + spread.mul_f64(i as f64 / n as f64);
+            tokio::time::sleep(due.saturating_duration_since(Instant::now())).await;
         }
     }
     futures::future::join_all(futures).await;
@@ -231,7 +236,14 @@ async fn chaos_run(instances: usize, kills: usize, tag: &str) {
         .await
         .unwrap();
     let n = events();
-    let sent = produce(&kafka, &names, n).await;
+    // Processors start first and the events trickle in while they are being killed, so kills land
+    // in the middle of batches and transactions.
+    let producing = tokio::spawn(produce(
+        kafka.clone(),
+        names.clone(),
+        n,
+        Duration::from_secs(20),
+    ));
 
     let bins = [
         env!("CARGO_BIN_EXE_cartstream-cleaner"),
@@ -245,7 +257,8 @@ async fn chaos_run(instances: usize, kills: usize, tag: &str) {
     }
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
     let enriched_topic = names.name(Topic::Enriched);
-    let expected = sent.unique_good.len();
+    let mut producing = Some(producing);
+    let mut sent: Option<Sent> = None;
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut killed = 0;
     loop {
@@ -261,12 +274,17 @@ async fn chaos_run(instances: usize, kills: usize, tag: &str) {
             if instances == 1 || killed % 2 == 0 {
                 *child = spawn(bins[*b], &prefix, &format!("{tag}-{i}"));
             } else {
-                // Two instances: leave it dead for a while so the other one has to take over.
-                tokio::time::sleep(Duration::from_secs(3)).await;
+                // Two instances: leave it dead past the session timeout (10 s) so the other one
+                // has to take its partitions over.
+                tokio::time::sleep(Duration::from_secs(12)).await;
                 *child = spawn(bins[*b], &prefix, &format!("{tag}-{i}"));
             }
             continue;
         }
+        if let Some(p) = producing.take() {
+            sent = Some(p.await.unwrap());
+        }
+        let expected = sent.as_ref().map_or(usize::MAX, |s| s.unique_good.len());
         let k = kafka.clone();
         let t = enriched_topic.clone();
         let done = tokio::task::spawn_blocking(move || count_ids(&k, &t).len())
@@ -282,6 +300,8 @@ async fn chaos_run(instances: usize, kills: usize, tag: &str) {
         let _ = c.kill();
         let _ = c.wait();
     }
+    let sent = sent.expect("production finished");
+    let expected = sent.unique_good.len();
 
     // The enriched topic: every good event exactly once.
     let dec = Decoder::<EnrichedEvent>::new(registry.clone());
@@ -357,7 +377,11 @@ async fn chaos_run(instances: usize, kills: usize, tag: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_once_through_repeated_kill_9() {
-    chaos_run(1, 10, "eos").await;
+    let kills = std::env::var("CARTSTREAM_EOS_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    chaos_run(1, kills, "eos").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -198,8 +198,10 @@ impl KafkaArgs {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("isolation.level", "read_committed")
-            .set("partition.assignment.strategy", "cooperative-sticky")
-            .set("session.timeout.ms", "30000");
+            // Eager: with static membership (processors' --instance-id) a restarted member gets its
+            // partitions back at once; librdkafka's cooperative protocol left it unassigned.
+            .set("partition.assignment.strategy", "range")
+            .set("session.timeout.ms", "10000");
         self.reapply_options(&mut c);
         Ok(c)
     }

@@ -35,7 +35,7 @@ pub enum Mode {
 #[derive(Debug, Clone, clap::Args)]
 pub struct LoopArgs {
     /// Consumer group; instances with the same group share the input partitions
-    /// [default: cartstream-<stage>].
+    /// [default: <topic prefix>cartstream-<stage>].
     #[arg(long, env = "CONSUMER_GROUP")]
     pub group: Option<String>,
     /// Processing guarantee.
@@ -47,17 +47,22 @@ pub struct LoopArgs {
     /// Longest wait for a batch to fill, in milliseconds.
     #[arg(long, env = "BATCH_LINGER_MS", default_value_t = 100)]
     pub batch_linger_ms: u64,
-    /// Stable name of this instance: its transactional id is <group>-<instance-id>, so a restarted
-    /// instance fences its previous incarnation at once [default: the host name].
+    /// Stable name of this instance (distinct per instance of a group, e.g. the pod name). With
+    /// it the instance is a static group member and its transactional id is
+    /// <group>-<instance-id>: a restart after a crash takes its partitions back at once and fences
+    /// its previous incarnation. Without it, a random name is used and a crash costs a rebalance
+    /// after the session timeout.
     #[arg(long, env = "INSTANCE_ID")]
     pub instance_id: Option<String>,
 }
 
 impl LoopArgs {
-    pub fn group(&self, stage: &str) -> String {
+    /// The group: the flag, or one per stage and topic namespace, so pipelines with different
+    /// prefixes never share a group.
+    pub fn group(&self, stage: &str, topic_prefix: &str) -> String {
         self.group
             .clone()
-            .unwrap_or_else(|| format!("cartstream-{stage}"))
+            .unwrap_or_else(|| format!("{topic_prefix}cartstream-{stage}"))
     }
 
     fn instance(&self) -> String {
@@ -288,6 +293,8 @@ fn now_ms() -> i64 {
 /// Where the loop writes and what it reads.
 pub struct Topology<'a> {
     pub stage: &'static str,
+    /// Consumer group (see [`LoopArgs::group`]).
+    pub group: &'a str,
     pub inputs: &'a [String],
     pub dead_letter_topic: &'a str,
     pub dead_letter_subject: &'a str,
@@ -307,7 +314,7 @@ pub async fn run<P: Processor>(
 ) -> anyhow::Result<()> {
     let stage = topology.stage;
     let m = StageMetrics::get();
-    let group = args.group(stage);
+    let group = topology.group.to_string();
     let eos = args.mode == Mode::ExactlyOnce;
 
     let check = kafka.clone();
@@ -316,8 +323,12 @@ pub async fn run<P: Processor>(
         .await
         .context("registering the dead-letter schema")?;
 
+    let instance = args.instance();
     let mut cconf = kafka.consumer(&group)?;
     cconf.set("statistics.interval.ms", "5000");
+    if args.instance_id.is_some() {
+        cconf.set("group.instance.id", format!("{group}-{instance}"));
+    }
     let consumer: StreamConsumer<LoopContext> = cconf.create_with_context(LoopContext {
         stage,
         errors: ErrorContext::default(),
@@ -327,7 +338,7 @@ pub async fn run<P: Processor>(
     consumer.subscribe(&inputs)?;
 
     let mut pconf = kafka.producer()?;
-    let txn_id = format!("{group}-{}", args.instance());
+    let txn_id = format!("{group}-{instance}");
     if eos {
         pconf.set("transactional.id", &txn_id);
         // A record must time out before its transaction does.

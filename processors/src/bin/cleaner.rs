@@ -205,9 +205,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let service = cli.service.init("cartstream-cleaner").await?;
     let registry: Arc<Registry> = cli.registry.connect()?;
     let names = &cli.names;
-    let group = cli.stream.group(STAGE);
+    let group = cli.stream.group(STAGE, &names.topic_prefix);
     let input = names.name(Topic::Raw);
-    let changelog = format!("{}{group}.changelog", names.topic_prefix);
+    // The group already carries the topic prefix.
+    let changelog = format!("{group}.changelog");
     let horizon_ms = (cli.dedup_horizon_hours * 3_600_000.0) as i64;
     let k = cli.kafka.clone();
     tokio::task::spawn_blocking(move || k.check(Duration::from_secs(30))).await??;
@@ -225,12 +226,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         max_entries: cli.dedup_max_entries,
         dedup: HashMap::new(),
         kafka: cli.kafka.clone(),
-        group,
+        group: group.clone(),
     };
     let inputs = [input];
     cartstream_stream::run(
         Topology {
             stage: STAGE,
+            group: &group,
             inputs: &inputs,
             dead_letter_topic: &names.name(Topic::DeadLetters),
             dead_letter_subject: &names.subject(Topic::DeadLetters),

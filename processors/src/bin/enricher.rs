@@ -305,9 +305,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         metrics,
     };
     let inputs = [names.name(Topic::Clean)];
+    let group = cli.stream.group(STAGE, &names.topic_prefix);
     let result = cartstream_stream::run(
         Topology {
             stage: STAGE,
+            group: &group,
             inputs: &inputs,
             dead_letter_topic: &names.name(Topic::DeadLetters),
             dead_letter_subject: &names.subject(Topic::DeadLetters),
