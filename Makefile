@@ -8,7 +8,8 @@ help: ## show the targets
 up: ## start the local stack (Kafka, schema registry, Cassandra, Prometheus), installing what is missing
 	@bash scripts/stack.sh up
 
-down: ## stop the local stack
+down: ## stop the demo's services and the local stack
+	@bash scripts/services.sh stop
 	@bash scripts/stack.sh down
 
 status: ## show the local stack's health

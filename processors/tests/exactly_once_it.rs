@@ -211,7 +211,10 @@ fn spawn(bin: &str, prefix: &str, instance: &str) -> Child {
         ])
         .env("KAFKA_BROKERS", kit::brokers())
         .env("SCHEMA_REGISTRY_URL", kit::registry_url())
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("CARTSTREAM_IT_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()

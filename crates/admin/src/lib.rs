@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use cartstream_events::registry::Compatibility;
-use cartstream_events::types::RawEvent;
-use cartstream_events::{codec, Contract, Decoder, Registry};
+use cartstream_events::{codec, Registry};
 use cartstream_kafka::admin::{self, Outcome, TopicSpec};
 use cartstream_kafka::{KafkaArgs, Topic, TopicNames};
 use rdkafka::Message;
@@ -76,13 +75,15 @@ pub struct TopicSummary {
     pub by_partition: BTreeMap<i32, usize>,
     pub by_schema_id: BTreeMap<u32, usize>,
     pub decode_errors: BTreeMap<&'static str, usize>,
-    /// For raw event topics: count and revenue (price x quantity of purchases) per event type.
+    /// For event topics: count and revenue (price x quantity of purchases) per event type.
     pub by_event_type: BTreeMap<String, (usize, f64)>,
+    /// For the dead-letter topic: count per error code.
+    pub by_error_code: BTreeMap<String, usize>,
     pub samples: Vec<serde_json::Value>,
 }
 
-/// Reads `topic` from the beginning to its current end and summarises it. Raw event topics are
-/// decoded as raw events (counts per event type); other topics generically.
+/// Reads `topic` from the beginning to its current end (committed records only) and summarises
+/// it. Records are decoded with their writer schemas from the registry, whatever the topic.
 pub async fn inspect(
     kafka: &KafkaArgs,
     registry: Arc<Registry>,
@@ -96,34 +97,36 @@ pub async fn inspect(
         cartstream_kafka::read::read_to_end(&config, &topic_owned, timeout)
     })
     .await??;
-    let is_raw = topic.ends_with(Topic::Raw.base_name());
-    let raw_decoder = Decoder::<RawEvent>::with_reader(registry.clone(), Contract::RAW_CURRENT);
     let mut s = TopicSummary {
         records: messages.len(),
         ..Default::default()
     };
     for m in &messages {
         *s.by_partition.entry(m.partition()).or_default() += 1;
-        let bytes = m.payload().unwrap_or_default();
+        let Some(bytes) = m.payload() else {
+            *s.decode_errors.entry("tombstone").or_default() += 1;
+            continue;
+        };
         match codec::decode_value(&registry, bytes).await {
             Ok((id, value)) => {
                 *s.by_schema_id.entry(id).or_default() += 1;
-                if s.samples.len() < samples {
-                    if let Ok(json) = serde_json::Value::try_from(value) {
-                        s.samples.push(json);
+                let Ok(json) = serde_json::Value::try_from(value) else {
+                    continue;
+                };
+                if let Some(t) = json.get("event_type").and_then(|t| t.as_str()) {
+                    let e = s.by_event_type.entry(t.to_string()).or_default();
+                    e.0 += 1;
+                    if t == "purchase" {
+                        let price = json.get("price").and_then(|p| p.as_f64()).unwrap_or(0.0);
+                        let qty = json.get("quantity").and_then(|q| q.as_f64()).unwrap_or(1.0);
+                        e.1 += price * qty;
                     }
                 }
-                if is_raw {
-                    match raw_decoder.decode(bytes).await {
-                        Ok(ev) => {
-                            let e = s.by_event_type.entry(ev.event_type.clone()).or_default();
-                            e.0 += 1;
-                            if ev.event_type == "purchase" {
-                                e.1 += ev.price * f64::from(ev.quantity);
-                            }
-                        }
-                        Err(err) => *s.decode_errors.entry(err.code()).or_default() += 1,
-                    }
+                if let Some(code) = json.get("error_code").and_then(|c| c.as_str()) {
+                    *s.by_error_code.entry(code.to_string()).or_default() += 1;
+                }
+                if s.samples.len() < samples {
+                    s.samples.push(json);
                 }
             }
             Err(err) => *s.decode_errors.entry(err.code()).or_default() += 1,

@@ -128,6 +128,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     println!("    {t:<18} {n:>8} {revenue:>14.2}");
                 }
             }
+            if !s.by_error_code.is_empty() {
+                println!("  dead letters by reason: {:?}", s.by_error_code);
+            }
             if !s.decode_errors.is_empty() {
                 println!("  undecodable records by reason: {:?}", s.decode_errors);
             }

@@ -51,6 +51,11 @@ impl ErrorContext {
 }
 
 impl ErrorContext {
+    /// Records an error found outside librdkafka's callbacks.
+    pub fn record_error(&self, reason: &str) {
+        self.record(reason)
+    }
+
     fn record(&self, reason: &str) {
         let lower = reason.to_ascii_lowercase();
         if lower.contains("authentication") || lower.contains("sasl") && lower.contains("fail") {

@@ -19,6 +19,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{DeliveryResult, Message, OwnedMessage};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::metrics::StageMetrics;
@@ -226,6 +227,60 @@ impl ClientContext for LoopContext {
 }
 
 impl ConsumerContext for LoopContext {
+    /// Eager rebalancing with explicit start offsets: every assigned partition starts at its
+    /// committed offset. Records dropped from a batch because their partition was revoked must be
+    /// read again; librdkafka, left to itself, may resume a partition that comes straight back
+    /// to the same consumer from its fetch position instead, skipping them.
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let mut start = tpl.clone();
+                match consumer.committed_offsets(tpl.clone(), Duration::from_secs(30)) {
+                    Ok(committed) => {
+                        for e in committed.elements() {
+                            if let Offset::Offset(o) = e.offset() {
+                                let _ = start.set_partition_offset(
+                                    e.topic(),
+                                    e.partition(),
+                                    Offset::Offset(o),
+                                );
+                            }
+                        }
+                    }
+                    // Without committed offsets we cannot start safely: assign nothing, the
+                    // loop sees no records and the next rebalance tries again.
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot read committed offsets of the assignment");
+                        self.errors
+                            .record_error(&format!("cannot read committed offsets: {e}"));
+                    }
+                }
+                self.pre_rebalance(consumer, &Rebalance::Assign(tpl));
+                if let Err(e) = consumer.assign(&start) {
+                    tracing::error!(error = %e, "assign failed");
+                }
+                self.post_rebalance(consumer, &Rebalance::Assign(&start));
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.pre_rebalance(consumer, &Rebalance::Revoke(tpl));
+                if let Err(e) = consumer.unassign() {
+                    tracing::error!(error = %e, "unassign failed");
+                }
+                self.post_rebalance(consumer, &Rebalance::Revoke(tpl));
+            }
+            other => {
+                let code: RDKafkaErrorCode = other.into();
+                tracing::warn!(error = %code, "rebalance error");
+                let _ = consumer.unassign();
+            }
+        }
+    }
+
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
             StageMetrics::get()
