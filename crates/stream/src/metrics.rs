@@ -17,6 +17,7 @@ pub struct StageMetrics {
     pub transactions: IntCounterVec,
     pub rebalances: IntCounterVec,
     pub retries: IntCounterVec,
+    pub stale_records: IntCounterVec,
 }
 
 impl StageMetrics {
@@ -78,6 +79,11 @@ impl StageMetrics {
             retries: register_int_counter_vec!(
                 "cartstream_processor_retries_total",
                 "Batches retried after a transient error",
+                &["stage"]
+            )?,
+            stale_records: register_int_counter_vec!(
+                "cartstream_processor_stale_records_total",
+                "Records delivered for a partition no longer assigned, dropped (its new owner reads them)",
                 &["stage"]
             )?,
         })

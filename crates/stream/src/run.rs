@@ -421,10 +421,11 @@ pub async fn run<P: Processor>(
             if left.is_zero() {
                 break;
             }
+            let mut received = None;
             tokio::select! {
                 _ = shutdown.wait() => break,
                 r = tokio::time::timeout(left, consumer.recv()) => match r {
-                    Ok(Ok(msg)) => batch.push(msg.detach()),
+                    Ok(Ok(msg)) => received = Some(msg.detach()),
                     Ok(Err(e)) => {
                         tracing::warn!(error = %e, "consume error");
                         if consumer.context().errors.auth_failed() {
@@ -462,6 +463,17 @@ pub async fn run<P: Processor>(
                         assigned.extend(ps.iter().cloned());
                         tracing::info!(partitions = ?ps, "assigned");
                     }
+                }
+            }
+            // Only records of partitions we own now. librdkafka may still hand out records it
+            // fetched before a revocation; processing one would commit its partition's offset
+            // past the records dropped from the batch above, for a partition another instance
+            // now reads from its committed offset.
+            if let Some(msg) = received {
+                if assigned.contains(&(msg.topic().to_string(), msg.partition())) {
+                    batch.push(msg);
+                } else {
+                    m.stale_records.with_label_values(&[stage]).inc();
                 }
             }
         }
