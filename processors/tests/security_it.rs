@@ -98,7 +98,7 @@ async fn the_right_password_processes_records_and_never_logs_it() {
     }
 
     let password = scram_password();
-    let mut child = cleaner(&prefix, &password)
+    let child = cleaner(&prefix, &password)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
