@@ -20,8 +20,8 @@ $bin/cartstream-admin --topic-prefix "$PREFIX" bootstrap --partitions 6 >/dev/nu
 $bin/cartstream-producer --topic-prefix "$PREFIX" --count "$N" --rate 0 --metrics-addr off --progress off \
   --products 5000 --users 20000 --duplicate-ratio 0.01 >/dev/null
 
-metric() { # port name -> value summed over label sets
-  curl -fsS "http://127.0.0.1:$1/metrics" 2>/dev/null | awk -v n="$2" '$1 ~ "^"n"({|$)" {s += $2} END {print s + 0}'
+metric() { # port name -> value summed over label sets (0 while the service is not up yet)
+  { curl -fsS "http://127.0.0.1:$1/metrics" 2>/dev/null || true; } | awk -v n="$2" '$1 ~ "^"n"({|$)" {s += $2} END {print s + 0}'
 }
 
 quantile() { # port q -> upper bound of the bucket holding quantile q of cartstream_processor_batch_seconds
@@ -33,12 +33,17 @@ quantile() { # port q -> upper bound of the bucket holding quantile q of cartstr
 
 # run NAME MODE INPUT_COUNT -- CMD...: runs CMD until it consumed INPUT_COUNT records; prints a row.
 declare -A RATE
+PORT=9390
+CHILD=
+trap '[[ -n $CHILD ]] && kill -TERM $CHILD 2>/dev/null || true' EXIT
 run() {
   local name=$1 mode=$2 want=$3; shift 4
-  local port=9390 group="bench-$name-$mode-$RANDOM"
+  local port=$((PORT++)) group="bench-$name-$mode-$RANDOM"
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then echo "port $port is taken; stop what listens there" >&2; exit 1; fi
   "$@" --topic-prefix "$PREFIX" --group "$group" --mode "$mode" --metrics-addr "127.0.0.1:$port" \
     --instance-id "$group" >/tmp/bench-$name-$mode.log 2>&1 &
   local pid=$! start="" now consumed
+  CHILD=$pid
   while :; do
     consumed=$(metric $port cartstream_processor_consumed_total)
     now=$(date +%s.%N)
@@ -49,7 +54,7 @@ run() {
   done
   local p50 p99
   p50=$(quantile $port 0.5); p99=$(quantile $port 0.99)
-  kill -TERM $pid; wait $pid || true
+  kill -TERM $pid 2>/dev/null || true; wait $pid || true; CHILD=
   local rate
   rate=$(awk -v c="$consumed" -v f="$first" -v a="$start" -v b="$now" 'BEGIN { printf "%.0f", (c - f) / (b - a) }')
   RATE[$name-$mode]=$rate

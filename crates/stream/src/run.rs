@@ -43,7 +43,7 @@ pub struct LoopArgs {
     #[arg(long, env = "PROCESSING_MODE", value_enum, default_value_t = Mode::ExactlyOnce)]
     pub mode: Mode,
     /// Most records per batch (one transaction per batch).
-    #[arg(long, env = "BATCH_SIZE", default_value_t = 2000)]
+    #[arg(long, env = "BATCH_SIZE", default_value_t = 10_000)]
     pub batch_size: usize,
     /// Longest wait for a batch to fill, in milliseconds.
     #[arg(long, env = "BATCH_LINGER_MS", default_value_t = 100)]
