@@ -4,6 +4,8 @@
 //!   code for the dead-letter topic.
 //! - [`dedup`]: deduplication by `event_id` over an event-time horizon with bounded memory.
 //! - [`enrich`]: the join of clean events with the product and user dimension tables.
+//! - [`window`]: event-time tumbling and hopping windows on panes, watermark and grace (the
+//!   windower's core; the service comes with issue 5).
 //!
 //! Everything here is a plain function or a small state machine: no Kafka, no clock, no network,
 //! so every rule is unit- and property-tested in microseconds. The binaries wire them to the
@@ -12,3 +14,4 @@
 pub mod clean;
 pub mod dedup;
 pub mod enrich;
+pub mod window;
