@@ -1,6 +1,6 @@
 //! The loop itself; the protocol is described in the crate docs.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -410,7 +410,8 @@ pub async fn run<P: Processor>(
     health.set_ready(true);
 
     let linger = Duration::from_millis(args.batch_linger_ms);
-    let mut assigned: HashSet<(String, i32)> = HashSet::new();
+    // topic -> partitions owned now; looked up per record without allocating.
+    let mut assigned: HashMap<String, HashSet<i32>> = HashMap::new();
     let mut backoff = Duration::from_millis(100);
     while !shutdown.is_triggered() {
         // 1. Gather a batch.
@@ -449,8 +450,10 @@ pub async fn run<P: Processor>(
                     RebalanceEvent::Revoked(ps) => {
                         let gone: HashSet<_> = ps.iter().cloned().collect();
                         batch.retain(|m| !gone.contains(&(m.topic().to_string(), m.partition())));
-                        for p in &ps {
-                            assigned.remove(p);
+                        for (t, p) in &ps {
+                            if let Some(owned) = assigned.get_mut(t) {
+                                owned.remove(p);
+                            }
                         }
                         processor.on_revoked(&ps);
                         tracing::info!(partitions = ?ps, "revoked");
@@ -460,7 +463,9 @@ pub async fn run<P: Processor>(
                             .on_assigned(&ps)
                             .await
                             .with_context(|| format!("restoring state of {ps:?}"))?;
-                        assigned.extend(ps.iter().cloned());
+                        for (t, p) in &ps {
+                            assigned.entry(t.clone()).or_default().insert(*p);
+                        }
                         tracing::info!(partitions = ?ps, "assigned");
                     }
                 }
@@ -470,7 +475,10 @@ pub async fn run<P: Processor>(
             // past the records dropped from the batch above, for a partition another instance
             // now reads from its committed offset.
             if let Some(msg) = received {
-                if assigned.contains(&(msg.topic().to_string(), msg.partition())) {
+                if assigned
+                    .get(msg.topic())
+                    .is_some_and(|ps| ps.contains(&msg.partition()))
+                {
                     batch.push(msg);
                 } else {
                     m.stale_records.with_label_values(&[stage]).inc();
@@ -486,7 +494,6 @@ pub async fn run<P: Processor>(
         match process_batch(
             &mut processor,
             &batch,
-            stage,
             eos,
             &producer,
             &consumer,
@@ -596,7 +603,6 @@ fn rewind(consumer: &StreamConsumer<LoopContext>, batch: &[OwnedMessage]) -> any
 async fn process_batch<P: Processor>(
     processor: &mut P,
     batch: &[OwnedMessage],
-    stage: &'static str,
     eos: bool,
     producer: &BaseProducer<ProducerCtx>,
     consumer: &StreamConsumer<LoopContext>,
@@ -682,7 +688,6 @@ async fn process_batch<P: Processor>(
                 .map_err(|e| retry(e, "commit"))
         }
     })?;
-    let _ = stage;
     Ok(out)
 }
 
