@@ -11,13 +11,7 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    match dispatch(cli).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    cartstream_runtime::exit_code(dispatch(cli).await)
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {

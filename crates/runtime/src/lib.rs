@@ -28,6 +28,7 @@ pub struct ServiceArgs {
 }
 
 /// A started service: its shutdown token, health flags and the address its endpoint listens on.
+#[derive(Debug)]
 pub struct Service {
     pub shutdown: Shutdown,
     pub health: Health,
@@ -57,5 +58,16 @@ impl ServiceArgs {
             health,
             metrics_addr,
         })
+    }
+}
+
+/// The exit of every binary: success, or the error chain on stderr and a non-zero code.
+pub fn exit_code(result: anyhow::Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }

@@ -34,8 +34,10 @@
 //! message, the stage, the original key and bytes, the writer schema id if known, and the source
 //! topic/partition/offset/timestamp, in the same transaction as everything else.
 
+mod args;
 mod metrics;
 mod run;
 
+pub use args::ProcessorArgs;
 pub use metrics::StageMetrics;
 pub use run::{run, Input, LoopArgs, Mode, Output, ProcessError, Processor, Topology};

@@ -14,13 +14,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use cartstream_events::types::{CleanEvent, RawEvent};
-use cartstream_events::{wire, Decoder, Encoder, Registry, RegistryArgs};
+use cartstream_events::{wire, Decoder, Encoder, Registry};
 use cartstream_kafka::admin::{self, TopicSpec};
-use cartstream_kafka::{read, KafkaArgs, Topic, TopicNames};
+use cartstream_kafka::{read, KafkaArgs, Topic};
 use cartstream_processors::clean::{self, Rules};
 use cartstream_processors::dedup::{Dedup, Verdict};
-use cartstream_runtime::ServiceArgs;
-use cartstream_stream::{Input, LoopArgs, Output, ProcessError, Processor, Topology};
+use cartstream_stream::{Input, Output, ProcessError, Processor, ProcessorArgs};
 use clap::Parser;
 use rdkafka::Message;
 
@@ -34,15 +33,7 @@ const STAGE: &str = "cleaner";
 )]
 struct Cli {
     #[command(flatten)]
-    kafka: KafkaArgs,
-    #[command(flatten)]
-    registry: RegistryArgs,
-    #[command(flatten)]
-    names: TopicNames,
-    #[command(flatten)]
-    service: ServiceArgs,
-    #[command(flatten)]
-    stream: LoopArgs,
+    common: ProcessorArgs,
     /// Event-time horizon of deduplication, in hours: a copy of an event is dropped if it comes
     /// within this much event time of the newest event seen on its partition.
     #[arg(long, env = "DEDUP_HORIZON_HOURS", default_value_t = 24.0)]
@@ -160,13 +151,7 @@ impl Processor for Cleaner {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    cartstream_runtime::exit_code(run(cli).await)
 }
 
 /// Creates the changelog topic with as many partitions as the input (co-partitioned).
@@ -202,17 +187,18 @@ async fn ensure_changelog(
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let service = cli.service.init("cartstream-cleaner").await?;
-    let registry: Arc<Registry> = cli.registry.connect()?;
-    let names = &cli.names;
-    let group = cli.stream.group(STAGE, &names.topic_prefix);
+    let c = &cli.common;
+    let service = c.service.init("cartstream-cleaner").await?;
+    let registry: Arc<Registry> = c.registry.connect()?;
+    let names = &c.names;
+    let group = c.group(STAGE);
     let input = names.name(Topic::Raw);
     // The group already carries the topic prefix.
     let changelog = format!("{group}.changelog");
     let horizon_ms = (cli.dedup_horizon_hours * 3_600_000.0) as i64;
-    let k = cli.kafka.clone();
+    let k = c.kafka.clone();
     tokio::task::spawn_blocking(move || k.check(Duration::from_secs(30))).await??;
-    ensure_changelog(&cli.kafka, &input, &changelog, horizon_ms).await?;
+    ensure_changelog(&c.kafka, &input, &changelog, horizon_ms).await?;
 
     let cleaner = Cleaner {
         decoder: Decoder::new(registry.clone()),
@@ -225,24 +211,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         horizon_ms,
         max_entries: cli.dedup_max_entries,
         dedup: HashMap::new(),
-        kafka: cli.kafka.clone(),
-        group: group.clone(),
+        kafka: c.kafka.clone(),
+        group,
     };
-    let inputs = [input];
-    cartstream_stream::run(
-        Topology {
-            stage: STAGE,
-            group: &group,
-            inputs: &inputs,
-            dead_letter_topic: &names.name(Topic::DeadLetters),
-            dead_letter_subject: &names.subject(Topic::DeadLetters),
-        },
-        &cli.stream,
-        &cli.kafka,
-        &registry,
-        cleaner,
-        &service.shutdown,
-        &service.health,
-    )
-    .await
+    c.run(STAGE, &[input], &registry, cleaner, &service).await
 }

@@ -13,11 +13,11 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use cartstream_events::types::{CleanEvent, EnrichedEvent, Product, User};
-use cartstream_events::{Decoder, Encoder, Registry, RegistryArgs};
-use cartstream_kafka::{KafkaArgs, Topic, TopicNames};
+use cartstream_events::{Decoder, Encoder, Registry};
+use cartstream_kafka::{KafkaArgs, Topic};
 use cartstream_processors::enrich::{enrich, Tables};
-use cartstream_runtime::{ServiceArgs, Shutdown};
-use cartstream_stream::{Input, LoopArgs, Output, ProcessError, Processor, Topology};
+use cartstream_runtime::Shutdown;
+use cartstream_stream::{Input, Output, ProcessError, Processor, ProcessorArgs};
 use clap::Parser;
 use prometheus::{register_int_counter_vec, register_int_gauge_vec, IntCounterVec, IntGaugeVec};
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -33,15 +33,7 @@ const STAGE: &str = "enricher";
 )]
 struct Cli {
     #[command(flatten)]
-    kafka: KafkaArgs,
-    #[command(flatten)]
-    registry: RegistryArgs,
-    #[command(flatten)]
-    names: TopicNames,
-    #[command(flatten)]
-    service: ServiceArgs,
-    #[command(flatten)]
-    stream: LoopArgs,
+    common: ProcessorArgs,
 }
 
 struct Metrics {
@@ -257,26 +249,21 @@ async fn follow_dimensions(
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    cartstream_runtime::exit_code(run(cli).await)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let service = cli.service.init("cartstream-enricher").await?;
-    let registry = cli.registry.connect()?;
-    let names = &cli.names;
-    let k = cli.kafka.clone();
+    let c = &cli.common;
+    let service = c.service.init("cartstream-enricher").await?;
+    let registry = c.registry.connect()?;
+    let names = &c.names;
+    let k = c.kafka.clone();
     tokio::task::spawn_blocking(move || k.check(Duration::from_secs(30))).await??;
     let metrics = Arc::new(Metrics::register()?);
     let tables = Arc::new(RwLock::new(Tables::default()));
     let (loaded_tx, loaded_rx) = tokio::sync::oneshot::channel();
     let follower = tokio::spawn(follow_dimensions(
-        cli.kafka.clone(),
+        c.kafka.clone(),
         registry.clone(),
         [names.name(Topic::Products), names.name(Topic::Users)],
         tables.clone(),
@@ -304,24 +291,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         out_topic: names.name(Topic::Enriched),
         metrics,
     };
-    let inputs = [names.name(Topic::Clean)];
-    let group = cli.stream.group(STAGE, &names.topic_prefix);
-    let result = cartstream_stream::run(
-        Topology {
-            stage: STAGE,
-            group: &group,
-            inputs: &inputs,
-            dead_letter_topic: &names.name(Topic::DeadLetters),
-            dead_letter_subject: &names.subject(Topic::DeadLetters),
-        },
-        &cli.stream,
-        &cli.kafka,
-        &registry,
-        enricher,
-        &service.shutdown,
-        &service.health,
-    )
-    .await;
+    let result = c
+        .run(
+            STAGE,
+            &[names.name(Topic::Clean)],
+            &registry,
+            enricher,
+            &service,
+        )
+        .await;
     service.shutdown.trigger();
     if let Ok(Err(e)) = follower.await {
         tracing::warn!(error = %format!("{e:#}"), "dimension follower stopped");

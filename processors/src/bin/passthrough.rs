@@ -5,10 +5,7 @@
 
 use std::process::ExitCode;
 
-use cartstream_events::RegistryArgs;
-use cartstream_kafka::{KafkaArgs, Topic, TopicNames};
-use cartstream_runtime::ServiceArgs;
-use cartstream_stream::{Input, LoopArgs, Output, ProcessError, Processor, Topology};
+use cartstream_stream::{Input, Output, ProcessError, Processor, ProcessorArgs};
 use clap::Parser;
 
 const STAGE: &str = "passthrough";
@@ -21,15 +18,7 @@ const STAGE: &str = "passthrough";
 )]
 struct Cli {
     #[command(flatten)]
-    kafka: KafkaArgs,
-    #[command(flatten)]
-    registry: RegistryArgs,
-    #[command(flatten)]
-    names: TopicNames,
-    #[command(flatten)]
-    service: ServiceArgs,
-    #[command(flatten)]
-    stream: LoopArgs,
+    common: ProcessorArgs,
     /// Topic to read (with the prefix applied).
     #[arg(long, default_value = "purchases.raw")]
     from: String,
@@ -61,37 +50,23 @@ impl Processor for Copy {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let run = async {
-        let service = cli.service.init("cartstream-passthrough").await?;
-        let registry = cli.registry.connect()?;
-        let names = &cli.names;
-        let group = cli.stream.group(STAGE, &names.topic_prefix);
-        let inputs = [format!("{}{}", names.topic_prefix, cli.from)];
-        cartstream_stream::run(
-            Topology {
-                stage: STAGE,
-                group: &group,
-                inputs: &inputs,
-                dead_letter_topic: &names.name(Topic::DeadLetters),
-                dead_letter_subject: &names.subject(Topic::DeadLetters),
-            },
-            &cli.stream,
-            &cli.kafka,
-            &registry,
-            Copy {
-                to: format!("{}{}", names.topic_prefix, cli.to),
-            },
-            &service.shutdown,
-            &service.health,
-        )
-        .await
+    cartstream_runtime::exit_code(run(Cli::parse()).await)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let c = &cli.common;
+    let service = c.service.init("cartstream-passthrough").await?;
+    let registry = c.registry.connect()?;
+    let prefix = &c.names.topic_prefix;
+    let copy = Copy {
+        to: format!("{prefix}{}", cli.to),
     };
-    match run.await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    c.run(
+        STAGE,
+        &[format!("{prefix}{}", cli.from)],
+        &registry,
+        copy,
+        &service,
+    )
+    .await
 }

@@ -34,13 +34,7 @@ enum Command {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     cartstream_runtime::telemetry::init_logging(cli.log_format);
-    match run(cli).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    cartstream_runtime::exit_code(run(cli).await)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
