@@ -6,6 +6,7 @@
 //! - [`types`]: the Rust shape of each contract (serde structs mirroring the Avro records).
 //! - [`wire`]: the Confluent framing (magic byte `0x00`, big-endian 4-byte schema id, Avro body).
 //! - [`registry`]: a caching client of a Confluent-compatible schema registry.
+//! - [`time`]: calendar arithmetic on UTC epoch times.
 //! - [`codec`]: [`codec::Encoder`] and [`codec::Decoder`], which put the three together.
 //!
 //! Guarantees: decoding never panics on any input; every failure is a typed [`DecodeError`] with a
@@ -16,6 +17,7 @@
 pub mod codec;
 pub mod contracts;
 pub mod registry;
+pub mod time;
 pub mod types;
 pub mod wire;
 
