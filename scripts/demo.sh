@@ -25,8 +25,8 @@ step "CQL tables"
 $bin/cartstream-scylla-sink migrate
 
 step "starting the cleaner and the enricher (exactly-once processors)"
-bash scripts/services.sh start cartstream-cleaner 9201 -- $bin/cartstream-cleaner --instance-id demo-0
-bash scripts/services.sh start cartstream-enricher 9202 -- $bin/cartstream-enricher --instance-id demo-0
+bash scripts/services.sh start cleaner 9201 -- $bin/cartstream-cleaner --instance-id demo-0
+bash scripts/services.sh start enricher 9202 -- $bin/cartstream-enricher --instance-id demo-0
 
 step "simulating shoppers: $EVENTS events at $RATE/s, with 2% duplicates and 1% malformed records"
 $bin/cartstream-producer --count "$EVENTS" --rate "$RATE" --products 2000 --users 5000 \

@@ -22,7 +22,7 @@ write_targets() { # every service with a metrics port, as Prometheus file_sd JSO
       alive "$name" || continue
       ((first)) || printf ','
       first=0
-      printf '{"targets":["127.0.0.1:%s"],"labels":{"job":"%s"}}' "$(<"$f")" "$name"
+      printf '{"targets":["127.0.0.1:%s"],"labels":{"job":"cartstream-%s","service":"%s"}}' "$(<"$f")" "$name" "$name"
     done
     printf ']\n'; } > "$TARGETS.tmp" && mv "$TARGETS.tmp" "$TARGETS"
 }

@@ -405,7 +405,8 @@ prometheus_start() {
   local bin=$PROMETHEUS_DIR/root/usr/bin
   mkdir -p "$PROMETHEUS_DIR/data" "$PROMETHEUS_DIR/targets"
   render "$INFRA/prometheus/prometheus.yml" "$PROMETHEUS_DIR/prometheus.yml" \
-    PROMETHEUS_PORT="$PROMETHEUS_PORT" TARGETS_DIR="$PROMETHEUS_DIR/targets"
+    PROMETHEUS_PORT="$PROMETHEUS_PORT" TARGETS_DIR="$PROMETHEUS_DIR/targets" \
+    RULES_FILE="$ROOT/grafana/prometheus/alerts.yml"
   "$bin/promtool" check config "$PROMETHEUS_DIR/prometheus.yml" >/dev/null \
     || die "prometheus: invalid config $PROMETHEUS_DIR/prometheus.yml (promtool check config)"
   # --web.enable-lifecycle: tests may POST /-/reload after changing the config.
