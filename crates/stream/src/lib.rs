@@ -14,6 +14,13 @@
 //!    If seeking back fails, the loop exits with an error: a restart resumes from the committed
 //!    offsets, which is always safe.
 //!
+//! # Ticks
+//!
+//! [`Processor::on_tick`] runs after every batch's records, inside the batch's transaction, and
+//! when no record arrives at least every `--batch-linger-ms`. A tick on an empty batch that emits
+//! records gets its own transaction, which re-sends the offsets this instance last committed so
+//! the group-metadata fencing of step 3 still applies; a tick that emits nothing needs none.
+//!
 //! Downstream consumers read with `isolation.level=read_committed`, so they see each output once.
 //!
 //! # Rebalances

@@ -118,6 +118,23 @@ impl Output {
         });
     }
 
+    /// An output record to an explicit partition (e.g. a watermark marker broadcast to every
+    /// partition of a repartition topic).
+    pub fn send_to(&mut self, topic: &str, partition: i32, key: Option<&[u8]>, payload: Vec<u8>) {
+        self.records.push(OutRecord {
+            topic: topic.to_string(),
+            partition: Some(partition),
+            key: key.map(<[u8]>::to_vec),
+            payload,
+            kind: "data",
+        });
+    }
+
+    /// True when nothing was emitted (no record, no dead letter).
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty() && self.dead.is_empty()
+    }
+
     /// A state changelog record, to the partition of its input.
     pub fn changelog(&mut self, topic: &str, partition: i32, key: &[u8], payload: Vec<u8>) {
         self.records.push(OutRecord {
@@ -179,6 +196,14 @@ pub trait Processor {
     fn on_revoked(&mut self, partitions: &[(String, i32)]);
     /// Processes one record into `out`. Bad records are dead-lettered through `out`, not errors.
     async fn process(&mut self, input: &Input<'_>, out: &mut Output) -> Result<(), ProcessError>;
+    /// Time-driven work (closing windows/sessions when a partition went idle, early updates): called
+    /// after every batch's records and, when no record arrives, at least every `--batch-linger-ms`,
+    /// inside the same transaction as the batch (an empty batch with tick output gets its own
+    /// transaction). Records it emits commit atomically with the state changes made in it.
+    async fn on_tick(&mut self, out: &mut Output) -> Result<(), ProcessError> {
+        let _ = out;
+        Ok(())
+    }
     /// The batch committed: keep the state changes made since the last commit.
     fn commit(&mut self);
     /// The batch aborted: undo the state changes made since the last commit.
@@ -412,6 +437,9 @@ pub async fn run<P: Processor>(
     let linger = Duration::from_millis(args.batch_linger_ms);
     // topic -> partitions owned now; looked up per record without allocating.
     let mut assigned: HashMap<String, HashSet<i32>> = HashMap::new();
+    // (topic, partition) -> next offset this instance committed, while it owns the partition;
+    // re-sent with a tick-only transaction so a fenced instance cannot commit tick output.
+    let mut committed: BTreeMap<(String, i32), i64> = BTreeMap::new();
     let mut backoff = Duration::from_millis(100);
     while !shutdown.is_triggered() {
         // 1. Gather a batch.
@@ -454,6 +482,7 @@ pub async fn run<P: Processor>(
                             if let Some(owned) = assigned.get_mut(t) {
                                 owned.remove(p);
                             }
+                            committed.remove(&(t.clone(), *p));
                         }
                         processor.on_revoked(&ps);
                         tracing::info!(partitions = ?ps, "revoked");
@@ -485,7 +514,7 @@ pub async fn run<P: Processor>(
                 }
             }
         }
-        if batch.is_empty() {
+        if batch.is_empty() && shutdown.is_triggered() {
             continue;
         }
 
@@ -499,11 +528,21 @@ pub async fn run<P: Processor>(
             &consumer,
             &dlq,
             topology.dead_letter_topic,
+            &committed,
         )
         .await
         {
-            Ok(out) => {
+            Ok(None) => {
+                // An empty batch whose tick emitted nothing: no transaction needed.
                 processor.commit();
+            }
+            Ok(Some((out, tpl))) => {
+                processor.commit();
+                for e in tpl.elements() {
+                    if let Offset::Offset(o) = e.offset() {
+                        committed.insert((e.topic().to_string(), e.partition()), o);
+                    }
+                }
                 backoff = Duration::from_millis(100);
                 m.transactions
                     .with_label_values(&[stage, "committed"])
@@ -543,7 +582,9 @@ pub async fn run<P: Processor>(
                 tracing::warn!(error = %format!("{e:#}"), backoff_ms = backoff.as_millis() as u64, "batch failed, rolling back and retrying");
                 abort(&producer, eos);
                 processor.rollback();
-                rewind(&consumer, &batch).context("seeking back after a failed batch")?;
+                if !batch.is_empty() {
+                    rewind(&consumer, &batch).context("seeking back after a failed batch")?;
+                }
                 if producer.context().errors.auth_failed() {
                     anyhow::bail!(
                         "Kafka refused our credentials: {}",
@@ -608,7 +649,8 @@ async fn process_batch<P: Processor>(
     consumer: &StreamConsumer<LoopContext>,
     dlq: &Encoder<DeadLetter>,
     dlq_topic: &str,
-) -> Result<Output, BatchError> {
+    committed: &BTreeMap<(String, i32), i64>,
+) -> Result<Option<(Output, TopicPartitionList)>, BatchError> {
     let retry = |e: KafkaError, what: &str| BatchError::Retry(anyhow::anyhow!("{what}: {e}"));
     let mut out = Output::default();
     for m in batch {
@@ -625,6 +667,14 @@ async fn process_batch<P: Processor>(
             Err(ProcessError::Transient(e)) => return Err(BatchError::Retry(e)),
             Err(ProcessError::Fatal(e)) => return Err(BatchError::Fatal(e)),
         }
+    }
+    match processor.on_tick(&mut out).await {
+        Ok(()) => {}
+        Err(ProcessError::Transient(e)) => return Err(BatchError::Retry(e)),
+        Err(ProcessError::Fatal(e)) => return Err(BatchError::Fatal(e)),
+    }
+    if batch.is_empty() && out.is_empty() {
+        return Ok(None);
     }
     let mut dead_payloads = Vec::with_capacity(out.dead.len());
     for d in &out.dead {
@@ -665,14 +715,27 @@ async fn process_batch<P: Processor>(
         tpl.add_partition_offset(t, p, Offset::Offset(o + 1))
             .map_err(|e| BatchError::Fatal(e.into()))?;
     }
+    // A tick-only transaction re-commits the offsets this instance last committed: it moves no
+    // input position, but the group metadata check still fences an instance that lost the group.
+    let mut fence = TopicPartitionList::new();
+    if batch.is_empty() {
+        for ((t, p), o) in committed {
+            fence
+                .add_partition_offset(t, *p, Offset::Offset(*o))
+                .map_err(|e| BatchError::Fatal(e.into()))?;
+        }
+    }
+    let send_tpl = if batch.is_empty() { &fence } else { &tpl };
     tokio::task::block_in_place(|| {
         if eos {
-            let cgm = consumer.group_metadata().ok_or_else(|| {
-                BatchError::Retry(anyhow::anyhow!("no consumer group metadata yet"))
-            })?;
-            producer
-                .send_offsets_to_transaction(&tpl, &cgm, TXN_TIMEOUT)
-                .map_err(|e| retry(e, "send_offsets_to_transaction"))?;
+            if send_tpl.count() > 0 {
+                let cgm = consumer.group_metadata().ok_or_else(|| {
+                    BatchError::Retry(anyhow::anyhow!("no consumer group metadata yet"))
+                })?;
+                producer
+                    .send_offsets_to_transaction(send_tpl, &cgm, TXN_TIMEOUT)
+                    .map_err(|e| retry(e, "send_offsets_to_transaction"))?;
+            }
             producer
                 .commit_transaction(TXN_TIMEOUT)
                 .map_err(|e| retry(e, "commit_transaction"))
@@ -683,12 +746,15 @@ async fn process_batch<P: Processor>(
                     "some outputs were not delivered"
                 )));
             }
+            if tpl.count() == 0 {
+                return Ok(());
+            }
             consumer
                 .commit(&tpl, CommitMode::Sync)
                 .map_err(|e| retry(e, "commit"))
         }
     })?;
-    Ok(out)
+    Ok(Some((out, tpl)))
 }
 
 /// Enqueues a record, serving delivery reports while librdkafka's queue is full.
