@@ -4,6 +4,7 @@
 //!   code for the dead-letter topic.
 //! - [`dedup`]: deduplication by `event_id` over an event-time horizon with bounded memory.
 //! - [`enrich`]: the join of clean events with the product and user dimension tables.
+//! - [`kpi_metrics`]: business KPIs of final windows as bounded Prometheus metrics.
 //! - [`window`]: event-time tumbling and hopping windows on panes, watermark and grace (the
 //!   windower's core; the service comes with issue 5).
 //!
@@ -14,4 +15,5 @@
 pub mod clean;
 pub mod dedup;
 pub mod enrich;
+pub mod kpi_metrics;
 pub mod window;
