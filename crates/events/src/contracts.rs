@@ -22,10 +22,12 @@ pub enum Contract {
     Session,
     Alert,
     DeadLetter,
+    /// An enriched event later than the windower's grace (`purchases.late`).
+    LateEvent,
 }
 
 impl Contract {
-    pub const ALL: [Contract; 10] = [
+    pub const ALL: [Contract; 11] = [
         Contract::PurchaseEventV1,
         Contract::PurchaseEventV2,
         Contract::CleanEvent,
@@ -36,6 +38,7 @@ impl Contract {
         Contract::Session,
         Contract::Alert,
         Contract::DeadLetter,
+        Contract::LateEvent,
     ];
 
     /// The current raw event contract, the one producers write.
@@ -54,6 +57,7 @@ impl Contract {
             Contract::Session => "session.avsc",
             Contract::Alert => "alert.avsc",
             Contract::DeadLetter => "dead_letter.avsc",
+            Contract::LateEvent => "late_event.avsc",
         }
     }
 
@@ -70,6 +74,7 @@ impl Contract {
             Contract::Session => include_str!("../../../schemas/session.avsc"),
             Contract::Alert => include_str!("../../../schemas/alert.avsc"),
             Contract::DeadLetter => include_str!("../../../schemas/dead_letter.avsc"),
+            Contract::LateEvent => include_str!("../../../schemas/late_event.avsc"),
         }
     }
 

@@ -23,10 +23,12 @@ pub enum Topic {
     KpiWindows,
     Sessions,
     Alerts,
+    /// Enriched events later than the windower's grace, with how late they were.
+    Late,
 }
 
 impl Topic {
-    pub const ALL: [Topic; 9] = [
+    pub const ALL: [Topic; 10] = [
         Topic::Raw,
         Topic::Clean,
         Topic::Enriched,
@@ -36,6 +38,7 @@ impl Topic {
         Topic::KpiWindows,
         Topic::Sessions,
         Topic::Alerts,
+        Topic::Late,
     ];
 
     pub fn base_name(self) -> &'static str {
@@ -49,6 +52,7 @@ impl Topic {
             Topic::KpiWindows => "kpi.windows",
             Topic::Sessions => "sessions.closed",
             Topic::Alerts => "alerts.raised",
+            Topic::Late => "purchases.late",
         }
     }
 
@@ -64,6 +68,7 @@ impl Topic {
             Topic::KpiWindows => &[Contract::KpiWindow],
             Topic::Sessions => &[Contract::Session],
             Topic::Alerts => &[Contract::Alert],
+            Topic::Late => &[Contract::LateEvent],
         }
     }
 
@@ -89,7 +94,9 @@ impl Topic {
         match self {
             Topic::Raw => retention(-1),
             Topic::Clean | Topic::Enriched | Topic::Sessions => retention(7 * DAY_MS),
-            Topic::DeadLetters | Topic::KpiWindows | Topic::Alerts => retention(30 * DAY_MS),
+            Topic::DeadLetters | Topic::KpiWindows | Topic::Alerts | Topic::Late => {
+                retention(30 * DAY_MS)
+            }
             // Compacted tables: the latest value per key lives forever; compaction may run an
             // hour after a write, so a restart reloads few superseded values.
             Topic::Products | Topic::Users => vec![
