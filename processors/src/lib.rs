@@ -5,6 +5,8 @@
 //! - [`dedup`]: deduplication by `event_id` over an event-time horizon with bounded memory.
 //! - [`enrich`]: the join of clean events with the product and user dimension tables.
 //! - [`kpi_metrics`]: business KPIs of final windows as bounded Prometheus metrics.
+//! - [`session`]: session windows per `user_session` (inactivity gap, watermark, grace, merges,
+//!   changelog encoding), the sessionizer's core.
 //! - [`window`]: event-time tumbling and hopping windows on panes, watermark and grace (the
 //!   windower's core; the service comes with issue 5).
 //!
@@ -16,4 +18,5 @@ pub mod clean;
 pub mod dedup;
 pub mod enrich;
 pub mod kpi_metrics;
+pub mod session;
 pub mod window;
