@@ -3,8 +3,9 @@
 #
 #   scripts/services.sh start NAME METRICS_PORT -- CMD [ARGS..]   start CMD unless NAME runs; logs and pid in
 #                                                                 .stack/services/, Prometheus scrapes it
-#   scripts/services.sh stop                                      SIGTERM every service (clean shutdown), then KILL after 30 s
-#   scripts/services.sh status                                    one line per service
+#   scripts/services.sh stop [NAME..]                             SIGTERM every service (or the named ones; a name
+#                                                                 ending in * is a prefix), then KILL after 30 s
+#   scripts/services.sh status [NAME..]                           one line per service
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DIR=${STACK_DIR:-$ROOT/.stack}/services
@@ -12,6 +13,16 @@ TARGETS=${STACK_DIR:-$ROOT/.stack}/prometheus/targets/cartstream.json
 mkdir -p "$DIR" "$(dirname "$TARGETS")"
 
 alive() { [[ -f $DIR/$1.pid ]] && kill -0 "$(<"$DIR/$1.pid")" 2>/dev/null; }
+
+selected() { # name [patterns..]: no pattern selects all; "x*" is a prefix
+  local name=$1 p; shift
+  (($#)) || return 0
+  for p in "$@"; do
+    [[ $p == *'*' && $name == "${p%'*'}"* ]] && return 0
+    [[ $name == "$p" ]] && return 0
+  done
+  return 1
+}
 
 write_targets() { # every service with a metrics port, as Prometheus file_sd JSON
   local first=1
@@ -42,9 +53,11 @@ case ${1:-} in
     echo "$name running (pid $(<"$DIR/$name.pid"), metrics http://127.0.0.1:$port/metrics, log ${DIR#"$ROOT"/}/$name.log)"
     ;;
   stop)
+    shift
     for f in "$DIR"/*.pid; do
       [[ -e $f ]] || continue
       name=$(basename "$f" .pid) pid=$(<"$f")
+      selected "$name" "$@" || continue
       if kill -TERM "$pid" 2>/dev/null; then
         for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
         kill -KILL "$pid" 2>/dev/null || true
@@ -55,9 +68,11 @@ case ${1:-} in
     write_targets
     ;;
   status)
+    shift
     for f in "$DIR"/*.pid; do
       [[ -e $f ]] || continue
       name=$(basename "$f" .pid)
+      selected "$name" "$@" || continue
       if alive "$name"; then echo "$name up (pid $(<"$f"))"; else echo "$name down"; fi
     done
     ;;

@@ -2,6 +2,8 @@
 //! back and summarise it), and schema compatibility checks. The binary `cartstream-admin` is a
 //! thin CLI over these functions, which integration tests call directly.
 
+pub mod offsets;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 

@@ -64,6 +64,22 @@ enum Command {
     },
     /// List the topics of the catalog with their subjects.
     Topics,
+    /// Move a stopped consumer group's offsets (replay from the start or from a time). Prints the
+    /// plan; writes it only with --execute. Refuses while the group has active members.
+    ResetOffsets {
+        /// Consumer group, e.g. cartstream-scylla-sink.
+        #[arg(long)]
+        group: String,
+        /// Topic (without the prefix), repeatable.
+        #[arg(long = "topic", required = true)]
+        topics: Vec<String>,
+        /// earliest, latest, or an RFC 3339 time (first record at or after it).
+        #[arg(long, default_value = "earliest")]
+        to: cartstream_admin::offsets::ResetTo,
+        /// Commit the new offsets (without it, only the plan is printed).
+        #[arg(long)]
+        execute: bool,
+    },
 }
 
 #[tokio::main]
@@ -102,6 +118,56 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for (subject, file, id) in &report.schemas {
                 println!("  {subject:<38} {file:<26} id {id}");
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::ResetOffsets {
+            group,
+            topics,
+            to,
+            execute,
+        } => {
+            let full: Vec<String> = topics
+                .iter()
+                .map(|t| format!("{}{}", cli.names.topic_prefix, t))
+                .collect();
+            let kafka = cli.kafka.clone();
+            let g = group.clone();
+            let plan = tokio::task::spawn_blocking(move || {
+                cartstream_admin::offsets::reset_offsets(
+                    &kafka,
+                    &g,
+                    &full,
+                    to,
+                    execute,
+                    Duration::from_secs(30),
+                )
+            })
+            .await??;
+            println!(
+                "group {group}: {}",
+                if execute {
+                    "offsets moved"
+                } else {
+                    "plan (dry run: add --execute to apply)"
+                }
+            );
+            println!(
+                "  {:<40} {:>12} {:>12} {:>12}",
+                "topic/partition", "committed", "new", "replayed"
+            );
+            let mut total = 0;
+            for m in &plan {
+                let from = m.from.map_or("-".to_string(), |o| o.to_string());
+                println!(
+                    "  {:<40} {:>12} {:>12} {:>12}",
+                    format!("{}/{}", m.topic, m.partition),
+                    from,
+                    m.to,
+                    m.replayed()
+                );
+                total += m.replayed();
+            }
+            println!("  records to read again: {total}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Inspect {

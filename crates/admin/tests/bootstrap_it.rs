@@ -31,7 +31,11 @@ async fn bootstrap_is_idempotent_and_sets_topic_configs() {
         "{:?}",
         first.topics
     );
-    assert_eq!(first.schemas.len(), 10, "every contract registered");
+    assert_eq!(
+        first.schemas.len(),
+        Contract::ALL.len(),
+        "every contract registered"
+    );
 
     let second = bootstrap(&kafka, &registry, &names, 4, 1)
         .await
