@@ -35,8 +35,10 @@ pub async fn bootstrap(
     let k = kafka.clone();
     tokio::task::spawn_blocking(move || k.check(Duration::from_secs(30))).await??;
     let admin = admin::admin_client(&kafka.admin()?)?;
+    // A replay generation reads the source topics of another namespace: never touch those.
     let specs: Vec<TopicSpec> = Topic::ALL
         .iter()
+        .filter(|t| names.owns(**t))
         .map(|t| TopicSpec {
             name: names.name(*t),
             partitions: t.partitions(partitions),
@@ -49,7 +51,7 @@ pub async fn bootstrap(
         .with_context(|| format!("creating topics on {}", kafka.brokers))?;
 
     let mut schemas = Vec::new();
-    for t in Topic::ALL {
+    for t in Topic::ALL.into_iter().filter(|t| names.owns(*t)) {
         let subject = names.subject(t);
         for (i, contract) in t.contracts().iter().enumerate() {
             let id = registry

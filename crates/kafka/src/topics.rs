@@ -41,6 +41,11 @@ impl Topic {
         Topic::Late,
     ];
 
+    /// The sources of truth every derived topic is rebuilt from: raw events and the dimensions.
+    pub fn is_source(self) -> bool {
+        matches!(self, Topic::Raw | Topic::Products | Topic::Users)
+    }
+
     pub fn base_name(self) -> &'static str {
         match self {
             Topic::Raw => "purchases.raw",
@@ -115,17 +120,46 @@ pub struct TopicNames {
     /// Prefix of every topic name (a replay generation such as "gen2.", or a test namespace).
     #[arg(long, env = "TOPIC_PREFIX", default_value = "")]
     pub topic_prefix: String,
+    /// Prefix of the source-of-truth topics (purchases.raw, catalog.products, catalog.users) when
+    /// they live in another namespace than this pipeline's own topics: a replay generation
+    /// (--topic-prefix gen2.) rebuilding everything from the main pipeline's raw events sets
+    /// --source-topic-prefix "" [default: the topic prefix].
+    #[arg(long, env = "SOURCE_TOPIC_PREFIX")]
+    pub source_topic_prefix: Option<String>,
 }
 
 impl TopicNames {
     pub fn with_prefix(prefix: impl Into<String>) -> Self {
         TopicNames {
             topic_prefix: prefix.into(),
+            source_topic_prefix: None,
         }
     }
 
+    /// A namespace whose source topics are read from another one (a replay generation).
+    pub fn with_source(prefix: impl Into<String>, source_prefix: impl Into<String>) -> Self {
+        TopicNames {
+            topic_prefix: prefix.into(),
+            source_topic_prefix: Some(source_prefix.into()),
+        }
+    }
+
+    /// Whether this namespace writes `topic` (false for source topics read from another namespace):
+    /// bootstrap creates and configures only these.
+    pub fn owns(&self, topic: Topic) -> bool {
+        !topic.is_source()
+            || self
+                .source_topic_prefix
+                .as_ref()
+                .is_none_or(|s| *s == self.topic_prefix)
+    }
+
     pub fn name(&self, topic: Topic) -> String {
-        format!("{}{}", self.topic_prefix, topic.base_name())
+        let prefix = match &self.source_topic_prefix {
+            Some(source) if topic.is_source() => source,
+            _ => &self.topic_prefix,
+        };
+        format!("{prefix}{}", topic.base_name())
     }
 
     /// Registry subject of the topic's values (TopicNameStrategy).
@@ -137,6 +171,29 @@ impl TopicNames {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_generation_reads_the_sources_of_another_namespace() {
+        let g = TopicNames::with_source("gen2.", "");
+        assert_eq!(g.name(Topic::Raw), "purchases.raw");
+        assert_eq!(g.name(Topic::Products), "catalog.products");
+        assert_eq!(g.name(Topic::Users), "catalog.users");
+        assert_eq!(g.name(Topic::Clean), "gen2.purchases.clean");
+        assert_eq!(g.name(Topic::Enriched), "gen2.purchases.enriched");
+        assert!(!g.owns(Topic::Raw) && g.owns(Topic::Enriched));
+        let derived: Vec<_> = Topic::ALL.iter().filter(|t| !t.is_source()).collect();
+        assert!(derived.iter().all(|t| g.name(**t).starts_with("gen2.")));
+        assert_eq!(
+            Topic::ALL.iter().filter(|t| t.is_source()).count(),
+            3,
+            "raw events and the two dimensions are the sources of truth"
+        );
+        let same = TopicNames::with_source("x.", "x.");
+        assert!(Topic::ALL.iter().all(|t| same.owns(*t)));
+        assert!(Topic::ALL
+            .iter()
+            .all(|t| TopicNames::with_prefix("y.").owns(*t)));
+    }
 
     #[test]
     fn names_are_dotted_and_unique() {
