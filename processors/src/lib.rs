@@ -8,7 +8,9 @@
 //! - [`session`]: session windows per `user_session` (inactivity gap, watermark, grace, merges,
 //!   changelog encoding), the sessionizer's core.
 //! - [`window`]: event-time tumbling and hopping windows on panes, watermark and grace (the
-//!   windower's core; the service comes with issue 5).
+//!   windower's core).
+//! - [`win_stage`]: the windower's two stages (per-partition watermarks, partials and late
+//!   events; exact merge and close per repartition partition) and their wire/changelog codecs.
 //!
 //! Everything here is a plain function or a small state machine: no Kafka, no clock, no network,
 //! so every rule is unit- and property-tested in microseconds. The binaries wire them to the
@@ -19,4 +21,5 @@ pub mod dedup;
 pub mod enrich;
 pub mod kpi_metrics;
 pub mod session;
+pub mod win_stage;
 pub mod window;

@@ -94,7 +94,8 @@ struct OutRecord {
     topic: String,
     partition: Option<i32>,
     key: Option<Vec<u8>>,
-    payload: Vec<u8>,
+    /// `None`: a tombstone (deletes the key from a compacted topic).
+    payload: Option<Vec<u8>>,
     kind: &'static str,
 }
 
@@ -113,7 +114,7 @@ impl Output {
             topic: topic.to_string(),
             partition: None,
             key: key.map(<[u8]>::to_vec),
-            payload,
+            payload: Some(payload),
             kind: "data",
         });
     }
@@ -125,7 +126,7 @@ impl Output {
             topic: topic.to_string(),
             partition: Some(partition),
             key: key.map(<[u8]>::to_vec),
-            payload,
+            payload: Some(payload),
             kind: "data",
         });
     }
@@ -141,7 +142,18 @@ impl Output {
             topic: topic.to_string(),
             partition: Some(partition),
             key: Some(key.to_vec()),
-            payload,
+            payload: Some(payload),
+            kind: "changelog",
+        });
+    }
+
+    /// A state changelog tombstone (null value: compaction deletes the key), to `partition`.
+    pub fn changelog_delete(&mut self, topic: &str, partition: i32, key: &[u8]) {
+        self.records.push(OutRecord {
+            topic: topic.to_string(),
+            partition: Some(partition),
+            key: Some(key.to_vec()),
+            payload: None,
             kind: "changelog",
         });
     }
@@ -687,7 +699,10 @@ async fn process_batch<P: Processor>(
     }
     let failed_before = producer.context().failed.load(Ordering::Relaxed);
     for r in &out.records {
-        let mut rec = BaseRecord::<[u8], [u8]>::to(&r.topic).payload(r.payload.as_slice());
+        let mut rec = BaseRecord::<[u8], [u8]>::to(&r.topic);
+        if let Some(p) = r.payload.as_deref() {
+            rec = rec.payload(p);
+        }
         if let Some(k) = r.key.as_deref() {
             rec = rec.key(k);
         }

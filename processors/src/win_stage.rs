@@ -1,0 +1,1063 @@
+//! The windower's two stages, apart from any I/O (the service is `cartstream-windower`).
+//!
+//! `purchases.enriched` is keyed by `user_session`, so the events of one dimension value are on
+//! every input partition; a window result must be computed by one owner, exactly (distinct users
+//! are exact sets, not sketches). Hence two stages:
+//!
+//! 1. [`PreStage`], per input partition `p`: keeps `p`'s watermark `wm(p)` (highest event time seen
+//!    minus the allowed out-of-orderness, or adopted from the other partitions when `p` is idle);
+//!    sets aside as *late* an event whose first window is final under `wm(p)`
+//!    (`wm(p) >= end + grace`); otherwise adds it to a per-batch partial aggregate per
+//!    ([`GroupKey`], pane). At the end of a batch the partials go to a repartition topic keyed by
+//!    the group key, followed by a marker `(p, wm(p))` broadcast to every repartition partition.
+//! 2. [`MergeState`], per repartition partition: merges partials into panes and closes a window
+//!    once the minimum of the markers of all input partitions passes its end plus grace.
+//!
+//! Why this is exact: a partial from `p` is written before the marker that follows it, on every
+//! repartition partition, so when stage 2 closes a window (every `wm(p) >= end + grace`) it has
+//! every partial of that window any `p` will ever send: `p` accepts an event only while its first
+//! window is still open under `wm(p)`, and `wm(p)` never goes back. Late is all or nothing: a late
+//! event is counted in no window (for hopping windows, not even the newer ones still open), so
+//! every window is computed from the same set of on-time events, and the late topic holds the rest.
+//!
+//! Hopping windows cost about the same as tumbling ones: an event updates one pane; windows are
+//! merged from their `size / slide` panes when they close.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use cartstream_events::types::{Dimension, EnrichedEvent, EventType};
+
+use crate::window::{Agg, WindowSpec};
+
+/// What a window result is grouped by: a dimension value, per currency (sums of different
+/// currencies are never mixed).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GroupKey {
+    pub dimension: Dimension,
+    pub value: String,
+    pub currency: String,
+}
+
+pub const DIMENSIONS: [Dimension; 5] = [
+    Dimension::All,
+    Dimension::Category,
+    Dimension::Product,
+    Dimension::Brand,
+    Dimension::EventType,
+];
+
+fn dim_code(d: Dimension) -> u8 {
+    match d {
+        Dimension::All => 0,
+        Dimension::Category => 1,
+        Dimension::Product => 2,
+        Dimension::Brand => 3,
+        Dimension::EventType => 4,
+    }
+}
+
+pub fn dimension_name(d: Dimension) -> &'static str {
+    match d {
+        Dimension::All => "all",
+        Dimension::Category => "category",
+        Dimension::Product => "product",
+        Dimension::Brand => "brand",
+        Dimension::EventType => "event_type",
+    }
+}
+
+fn or_unknown(s: &str) -> String {
+    let s = s.trim();
+    if s.is_empty() {
+        "unknown".to_string()
+    } else {
+        s.to_string()
+    }
+}
+
+/// The value of `e` for dimension `d`: `all`, the category code, the product id in decimal, the
+/// brand, the event type (blank text is `unknown`).
+pub fn dimension_value(e: &EnrichedEvent, d: Dimension) -> String {
+    match d {
+        Dimension::All => "all".to_string(),
+        Dimension::Category => or_unknown(&e.category_code),
+        Dimension::Product => e.product_id.to_string(),
+        Dimension::Brand => or_unknown(&e.brand),
+        Dimension::EventType => e.event_type.as_str().to_string(),
+    }
+}
+
+impl GroupKey {
+    /// The five groups an event counts in.
+    pub fn of(e: &EnrichedEvent) -> [GroupKey; 5] {
+        DIMENSIONS.map(|d| GroupKey {
+            dimension: d,
+            value: dimension_value(e, d),
+            currency: e.currency.clone(),
+        })
+    }
+
+    /// Bytes: dimension code, currency length, currency, value.
+    pub fn encode(&self, buf: &mut Vec<u8>) {
+        buf.push(dim_code(self.dimension));
+        buf.push(self.currency.len().min(255) as u8);
+        buf.extend_from_slice(&self.currency.as_bytes()[..self.currency.len().min(255)]);
+        buf.extend_from_slice(self.value.as_bytes());
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(8 + self.value.len());
+        self.encode(&mut b);
+        b
+    }
+
+    pub fn decode(b: &[u8]) -> Option<GroupKey> {
+        let (&d, rest) = b.split_first()?;
+        let dimension = *DIMENSIONS.get(usize::from(d))?;
+        let (&n, rest) = rest.split_first()?;
+        let n = usize::from(n);
+        if rest.len() < n {
+            return None;
+        }
+        let currency = std::str::from_utf8(&rest[..n]).ok()?.to_string();
+        let value = std::str::from_utf8(&rest[n..]).ok()?.to_string();
+        Some(GroupKey {
+            dimension,
+            value,
+            currency,
+        })
+    }
+}
+
+/// Adds one event to an aggregate.
+pub fn add_event(agg: &mut Agg, e: &EnrichedEvent) {
+    agg.add(e.event_type, e.price, e.quantity, e.user_id);
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn i64(&mut self) -> Option<i64> {
+        let (h, t) = self.0.split_at_checked(8)?;
+        self.0 = t;
+        Some(i64::from_le_bytes(h.try_into().ok()?))
+    }
+    fn u32(&mut self) -> Option<u32> {
+        let (h, t) = self.0.split_at_checked(4)?;
+        self.0 = t;
+        Some(u32::from_le_bytes(h.try_into().ok()?))
+    }
+    fn u8(&mut self) -> Option<u8> {
+        let (&h, t) = self.0.split_first()?;
+        self.0 = t;
+        Some(h)
+    }
+}
+
+/// Binary form of an aggregate: seven little-endian i64, the user count, the sorted user ids.
+pub fn encode_agg(a: &Agg, buf: &mut Vec<u8>) {
+    for v in [
+        a.views,
+        a.carts,
+        a.removals,
+        a.purchases,
+        a.units,
+        a.revenue_micros,
+        a.price_micros,
+    ] {
+        buf.extend_from_slice(&v.to_le_bytes());
+    }
+    let mut users: Vec<i64> = a.users.iter().copied().collect();
+    users.sort_unstable();
+    buf.extend_from_slice(&(users.len() as u32).to_le_bytes());
+    for u in users {
+        buf.extend_from_slice(&u.to_le_bytes());
+    }
+}
+
+fn decode_agg(r: &mut Reader<'_>) -> Option<Agg> {
+    let mut a = Agg {
+        views: r.i64()?,
+        carts: r.i64()?,
+        removals: r.i64()?,
+        purchases: r.i64()?,
+        units: r.i64()?,
+        revenue_micros: r.i64()?,
+        price_micros: r.i64()?,
+        users: HashSet::new(),
+    };
+    let n = r.u32()? as usize;
+    if r.0.len() != n * 8 {
+        return None;
+    }
+    a.users.reserve(n);
+    for _ in 0..n {
+        a.users.insert(r.i64()?);
+    }
+    Some(a)
+}
+
+pub fn decode_agg_bytes(b: &[u8]) -> Option<Agg> {
+    decode_agg(&mut Reader(b))
+}
+
+/// A record of the repartition topic.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Repartitioned {
+    /// Partial aggregate of one group over one pane (the record key is the group key).
+    Partial { pane: i64, agg: Agg },
+    /// Input partition `partition` has watermark `watermark`: no partial for a window final
+    /// under it will follow from that partition.
+    Marker { partition: i32, watermark: i64 },
+}
+
+const TAG_PARTIAL: u8 = b'P';
+const TAG_MARKER: u8 = b'W';
+
+impl Repartitioned {
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            Repartitioned::Partial { pane, agg } => {
+                let mut b = Vec::with_capacity(1 + 8 + 60 + 8 * agg.users.len());
+                b.push(TAG_PARTIAL);
+                b.extend_from_slice(&pane.to_le_bytes());
+                encode_agg(agg, &mut b);
+                b
+            }
+            Repartitioned::Marker {
+                partition,
+                watermark,
+            } => {
+                let mut b = Vec::with_capacity(13);
+                b.push(TAG_MARKER);
+                b.extend_from_slice(&partition.to_le_bytes());
+                b.extend_from_slice(&watermark.to_le_bytes());
+                b
+            }
+        }
+    }
+
+    pub fn decode(b: &[u8]) -> Option<Repartitioned> {
+        let mut r = Reader(b);
+        match r.u8()? {
+            TAG_PARTIAL => {
+                let pane = r.i64()?;
+                let agg = decode_agg(&mut r)?;
+                Some(Repartitioned::Partial { pane, agg })
+            }
+            TAG_MARKER => {
+                let partition = i32::try_from(r.u32()?).ok()?;
+                let watermark = r.i64()?;
+                r.0.is_empty().then_some(Repartitioned::Marker {
+                    partition,
+                    watermark,
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Window size/slide, grace and allowed out-of-orderness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WinConfig {
+    pub spec: WindowSpec,
+    pub grace_ms: i64,
+    /// The watermark trails the highest event time seen by this much.
+    pub out_of_order_ms: i64,
+}
+
+impl WinConfig {
+    /// Start and end of the oldest window holding `t`.
+    pub fn first_window(&self, t: i64) -> (i64, i64) {
+        let end = (self.spec.pane_of(t) + 1) * self.spec.slide_ms;
+        (end - self.spec.size_ms, end)
+    }
+
+    /// Start of the newest window that is final under watermark `wm` (`end + grace <= wm`).
+    pub fn last_final_start(&self, wm: i64) -> i64 {
+        wm.saturating_sub(self.grace_ms)
+            .saturating_sub(self.spec.size_ms)
+            .div_euclid(self.spec.slide_ms)
+            * self.spec.slide_ms
+    }
+}
+
+/// Why an event was set aside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Late {
+    /// Watermark minus (end + grace) of the missed window, >= 0.
+    pub lateness_ms: i64,
+    pub watermark: i64,
+    pub window_start: i64,
+    pub window_end: i64,
+}
+
+/// Watermark state of one input partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionMark {
+    pub max_time: i64,
+    pub watermark: i64,
+}
+
+impl Default for PartitionMark {
+    fn default() -> Self {
+        PartitionMark {
+            max_time: i64::MIN,
+            watermark: i64::MIN,
+        }
+    }
+}
+
+impl PartitionMark {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(16);
+        b.extend_from_slice(&self.max_time.to_le_bytes());
+        b.extend_from_slice(&self.watermark.to_le_bytes());
+        b
+    }
+
+    pub fn decode(b: &[u8]) -> Option<PartitionMark> {
+        let mut r = Reader(b);
+        let m = PartitionMark {
+            max_time: r.i64()?,
+            watermark: r.i64()?,
+        };
+        r.0.is_empty().then_some(m)
+    }
+}
+
+/// Stage 1: per input partition watermarks and per-batch partial aggregates.
+#[derive(Debug)]
+pub struct PreStage {
+    pub cfg: WinConfig,
+    marks: BTreeMap<i32, PartitionMark>,
+    committed: BTreeMap<i32, PartitionMark>,
+    pending: HashMap<(GroupKey, i64), Agg>,
+    dirty: BTreeSet<i32>,
+}
+
+/// What stage 1 hands over at the end of a batch.
+#[derive(Debug, Default)]
+pub struct Drained {
+    pub partials: Vec<(GroupKey, i64, Agg)>,
+    /// Partitions whose watermark moved, with their new state.
+    pub marks: Vec<(i32, PartitionMark)>,
+}
+
+impl PreStage {
+    pub fn new(cfg: WinConfig) -> Self {
+        PreStage {
+            cfg,
+            marks: BTreeMap::new(),
+            committed: BTreeMap::new(),
+            pending: HashMap::new(),
+            dirty: BTreeSet::new(),
+        }
+    }
+
+    /// Restores (or starts) the state of an assigned partition.
+    pub fn assign(&mut self, partition: i32, mark: Option<PartitionMark>) {
+        let m = mark.unwrap_or_default();
+        self.marks.insert(partition, m);
+        self.committed.insert(partition, m);
+    }
+
+    pub fn revoke(&mut self, partition: i32) {
+        self.marks.remove(&partition);
+        self.committed.remove(&partition);
+        self.dirty.remove(&partition);
+    }
+
+    pub fn mark(&self, partition: i32) -> PartitionMark {
+        self.marks.get(&partition).copied().unwrap_or_default()
+    }
+
+    pub fn partitions(&self) -> impl Iterator<Item = (i32, PartitionMark)> + '_ {
+        self.marks.iter().map(|(p, m)| (*p, *m))
+    }
+
+    /// Takes one event of `partition` at event time `t`: `Err(Late)` when its first window is
+    /// final under the partition's watermark, else it is added to the batch's partials.
+    pub fn observe(&mut self, partition: i32, e: &EnrichedEvent) -> Result<(), Late> {
+        let t = e.event_time;
+        let cfg = self.cfg;
+        let m = self.marks.entry(partition).or_default();
+        let (start, end) = cfg.first_window(t);
+        let closes_at = end.saturating_add(cfg.grace_ms);
+        if m.watermark >= closes_at {
+            return Err(Late {
+                lateness_ms: m.watermark - closes_at,
+                watermark: m.watermark,
+                window_start: start,
+                window_end: end,
+            });
+        }
+        if t > m.max_time {
+            m.max_time = t;
+            let wm = t.saturating_sub(cfg.out_of_order_ms);
+            if wm > m.watermark {
+                m.watermark = wm;
+                self.dirty.insert(partition);
+            }
+        }
+        let pane = cfg.spec.pane_of(t);
+        for k in GroupKey::of(e) {
+            add_event(self.pending.entry((k, pane)).or_default(), e);
+        }
+        Ok(())
+    }
+
+    /// Moves an idle partition's watermark up to `to` (never down).
+    pub fn advance(&mut self, partition: i32, to: i64) {
+        let m = self.marks.entry(partition).or_default();
+        if to > m.watermark {
+            m.watermark = to;
+            self.dirty.insert(partition);
+        }
+    }
+
+    /// The batch's partials and moved watermarks (partials must be written before the markers).
+    pub fn drain(&mut self) -> Drained {
+        let mut partials: Vec<(GroupKey, i64, Agg)> = self
+            .pending
+            .drain()
+            .map(|((k, pane), a)| (k, pane, a))
+            .collect();
+        partials.sort_unstable_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
+        let marks = std::mem::take(&mut self.dirty)
+            .into_iter()
+            .filter_map(|p| self.marks.get(&p).map(|m| (p, *m)))
+            .collect();
+        Drained { partials, marks }
+    }
+
+    pub fn commit(&mut self) {
+        self.committed.clone_from(&self.marks);
+    }
+
+    pub fn rollback(&mut self) {
+        self.marks.clone_from(&self.committed);
+        self.pending.clear();
+        self.dirty.clear();
+    }
+}
+
+/// A window result ready to emit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowResult {
+    pub key: GroupKey,
+    pub window_start: i64,
+    pub agg: Agg,
+    pub is_final: bool,
+}
+
+/// A change to write to stage 2's changelog.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StateChange {
+    Pane {
+        pane: i64,
+        key: GroupKey,
+        agg: Option<Agg>,
+    },
+    Marks(Vec<i64>),
+}
+
+/// Changelog key of a pane.
+pub fn pane_state_key(pane: i64, key: &GroupKey) -> Vec<u8> {
+    let mut b = Vec::with_capacity(9 + key.value.len() + 8);
+    b.push(b'p');
+    b.extend_from_slice(&pane.to_be_bytes());
+    key.encode(&mut b);
+    b
+}
+
+/// Changelog key of the upstream watermarks.
+pub const MARKS_STATE_KEY: &[u8] = b"w";
+
+pub fn encode_marks(marks: &[i64]) -> Vec<u8> {
+    marks.iter().flat_map(|m| m.to_le_bytes()).collect()
+}
+
+/// Applies one changelog record to a restoring [`MergeState`]; `false` if it is not one.
+pub fn restore_record(state: &mut MergeState, key: &[u8], value: Option<&[u8]>) -> bool {
+    if key == MARKS_STATE_KEY {
+        let Some(v) = value else { return true };
+        if v.len() % 8 != 0 {
+            return false;
+        }
+        for (i, c) in v.chunks_exact(8).enumerate() {
+            if let (Some(slot), Ok(b)) = (state.marks.get_mut(i), <[u8; 8]>::try_from(c)) {
+                *slot = (*slot).max(i64::from_le_bytes(b));
+            }
+        }
+        return true;
+    }
+    let Some((&b'p', rest)) = key.split_first() else {
+        return false;
+    };
+    let Some((pane, gk)) = rest.split_at_checked(8) else {
+        return false;
+    };
+    let Ok(pane) = <[u8; 8]>::try_from(pane).map(i64::from_be_bytes) else {
+        return false;
+    };
+    let Some(gk) = GroupKey::decode(gk) else {
+        return false;
+    };
+    match value {
+        None => {
+            if let Some(keys) = state.panes.get_mut(&pane) {
+                keys.remove(&gk);
+                if keys.is_empty() {
+                    state.panes.remove(&pane);
+                }
+            }
+            true
+        }
+        Some(v) => match decode_agg_bytes(v) {
+            Some(a) => {
+                state.panes.entry(pane).or_default().insert(gk, a);
+                true
+            }
+            None => false,
+        },
+    }
+}
+
+/// Stage 2 state of one repartition partition: panes per group and the upstream watermarks.
+#[derive(Debug)]
+pub struct MergeState {
+    pub cfg: WinConfig,
+    /// Latest watermark marker of each input partition.
+    marks: Vec<i64>,
+    panes: BTreeMap<i64, HashMap<GroupKey, Agg>>,
+    /// Windows starting before this are final and emitted.
+    next_open: i64,
+    dirty: HashSet<(i64, GroupKey)>,
+    dropped: Vec<(i64, GroupKey)>,
+    marks_dirty: bool,
+    /// Panes changed since the last early update.
+    early: HashSet<(i64, GroupKey)>,
+    /// Partials that came for windows already final: impossible by construction, counted.
+    pub stale: u64,
+}
+
+impl MergeState {
+    pub fn new(cfg: WinConfig, upstream_partitions: usize) -> Self {
+        MergeState {
+            cfg,
+            marks: vec![i64::MIN; upstream_partitions.max(1)],
+            panes: BTreeMap::new(),
+            next_open: i64::MIN,
+            dirty: HashSet::new(),
+            dropped: Vec::new(),
+            marks_dirty: false,
+            early: HashSet::new(),
+            stale: 0,
+        }
+    }
+
+    /// After restoring from the changelog: everything final under the restored watermark was
+    /// emitted before the crash (the changelog and the outputs commit together).
+    pub fn restored(&mut self) {
+        let wm = self.watermark();
+        if wm != i64::MIN {
+            self.next_open = self.cfg.last_final_start(wm) + self.cfg.spec.slide_ms;
+        }
+        self.dirty.clear();
+        self.dropped.clear();
+        self.marks_dirty = false;
+    }
+
+    /// Minimum of the upstream watermarks (`i64::MIN` until every input partition reported).
+    pub fn watermark(&self) -> i64 {
+        self.marks.iter().copied().min().unwrap_or(i64::MIN)
+    }
+
+    pub fn marks(&self) -> &[i64] {
+        &self.marks
+    }
+
+    pub fn open_panes(&self) -> usize {
+        self.panes.values().map(HashMap::len).sum()
+    }
+
+    /// Open (group, window) pairs holding data.
+    pub fn open_windows(&self) -> usize {
+        let n = self.cfg.spec.panes();
+        let first_open_pane = if self.next_open == i64::MIN {
+            i64::MIN
+        } else {
+            self.cfg.spec.pane_of(self.next_open)
+        };
+        // Per group, the windows are the union of [pane, pane + n) over its panes (in window
+        // start panes), from the first open one.
+        let mut last: HashMap<&GroupKey, (i64, usize)> = HashMap::new();
+        for (pane, keys) in &self.panes {
+            for k in keys.keys() {
+                let e = last.entry(k).or_insert((i64::MIN, 0));
+                let from = (*pane - n + 1).max(first_open_pane).max(e.0);
+                let to = *pane + 1;
+                if to > from {
+                    e.1 += (to - from) as usize;
+                    e.0 = to;
+                }
+            }
+        }
+        last.values().map(|v| v.1).sum()
+    }
+
+    pub fn apply_marker(&mut self, partition: i32, watermark: i64) {
+        if let Some(m) = usize::try_from(partition)
+            .ok()
+            .and_then(|p| self.marks.get_mut(p))
+        {
+            if watermark > *m {
+                *m = watermark;
+                self.marks_dirty = true;
+            }
+        }
+    }
+
+    pub fn apply_partial(&mut self, key: GroupKey, pane: i64, agg: &Agg) {
+        if self.next_open != i64::MIN && pane * self.cfg.spec.slide_ms < self.next_open {
+            self.stale += 1;
+            return;
+        }
+        self.panes
+            .entry(pane)
+            .or_default()
+            .entry(key.clone())
+            .or_default()
+            .merge(agg);
+        self.early.insert((pane, key.clone()));
+        self.dirty.insert((pane, key));
+    }
+
+    /// Emits the windows that became final, oldest first, and forgets the panes no open window
+    /// needs.
+    pub fn close(&mut self) -> Vec<WindowResult> {
+        let mut out = Vec::new();
+        let wm = self.watermark();
+        if wm == i64::MIN {
+            return out;
+        }
+        let spec = self.cfg.spec;
+        let last_final = self.cfg.last_final_start(wm);
+        if let Some((&first_pane, _)) = self.panes.first_key_value() {
+            let n = spec.panes();
+            let mut start = ((first_pane - (n - 1)) * spec.slide_ms).max(self.next_open);
+            while start <= last_final {
+                let from = spec.pane_of(start);
+                if self.panes.range(from..from + n).next().is_none() {
+                    // No data in this window: jump to the first window holding the next pane.
+                    match self.panes.range(from + n..).next() {
+                        Some((&p, _)) => {
+                            start = (start + spec.slide_ms).max((p - (n - 1)) * spec.slide_ms);
+                            continue;
+                        }
+                        None => break,
+                    }
+                }
+                let mut merged: HashMap<&GroupKey, Agg> = HashMap::new();
+                for (_, keys) in self.panes.range(from..from + n) {
+                    for (k, a) in keys {
+                        merged.entry(k).or_default().merge(a);
+                    }
+                }
+                let mut batch: Vec<WindowResult> = merged
+                    .into_iter()
+                    .map(|(k, agg)| WindowResult {
+                        key: k.clone(),
+                        window_start: start,
+                        agg,
+                        is_final: true,
+                    })
+                    .collect();
+                batch.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+                out.extend(batch);
+                start += spec.slide_ms;
+            }
+        }
+        self.next_open = self.next_open.max(last_final + spec.slide_ms);
+        let keep_from = spec.pane_of(self.next_open);
+        let kept = self.panes.split_off(&keep_from);
+        let gone = std::mem::replace(&mut self.panes, kept);
+        for (pane, keys) in gone {
+            for (k, _) in keys {
+                self.dirty.remove(&(pane, k.clone()));
+                self.early.remove(&(pane, k.clone()));
+                self.dropped.push((pane, k));
+            }
+        }
+        out
+    }
+
+    /// Current (not final) results of the open windows holding a pane changed since the last call.
+    pub fn early_updates(&mut self) -> Vec<WindowResult> {
+        let spec = self.cfg.spec;
+        let mut windows: BTreeSet<(i64, GroupKey)> = BTreeSet::new();
+        for (pane, k) in self.early.drain() {
+            for s in spec.windows_of(pane * spec.slide_ms) {
+                if self.next_open == i64::MIN || s >= self.next_open {
+                    windows.insert((s, k.clone()));
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(windows.len());
+        for (s, k) in windows {
+            let from = spec.pane_of(s);
+            let mut agg = Agg::default();
+            for (_, keys) in self.panes.range(from..from + spec.panes()) {
+                if let Some(a) = keys.get(&k) {
+                    agg.merge(a);
+                }
+            }
+            out.push(WindowResult {
+                key: k,
+                window_start: s,
+                agg,
+                is_final: false,
+            });
+        }
+        out
+    }
+
+    /// State changes since the last call, for the changelog.
+    pub fn changes(&mut self) -> Vec<StateChange> {
+        let mut out = Vec::with_capacity(self.dirty.len() + self.dropped.len() + 1);
+        for (pane, key) in self.dropped.drain(..) {
+            out.push(StateChange::Pane {
+                pane,
+                key,
+                agg: None,
+            });
+        }
+        for (pane, key) in self.dirty.drain() {
+            let agg = self.panes.get(&pane).and_then(|k| k.get(&key)).cloned();
+            out.push(StateChange::Pane { pane, key, agg });
+        }
+        if std::mem::take(&mut self.marks_dirty) {
+            out.push(StateChange::Marks(self.marks.clone()));
+        }
+        out
+    }
+}
+
+/// An event type's name, for tests and tools.
+pub fn event_type_name(t: EventType) -> &'static str {
+    t.as_str()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn ev(t: i64, user: i64, product: i64, kind: EventType) -> EnrichedEvent {
+        EnrichedEvent {
+            event_id: format!("{t}-{user}-{product}"),
+            event_time: t,
+            event_type: kind,
+            product_id: product,
+            category_id: product % 3,
+            category_code: format!("cat{}", product % 3),
+            brand: if product % 2 == 0 {
+                "acme".into()
+            } else {
+                String::new()
+            },
+            price: 1.25 + product as f64,
+            currency: "USD".into(),
+            quantity: 1 + (user % 3) as i32,
+            user_id: user,
+            user_session: format!("s{user}"),
+            channel: None,
+            source_system: "test".into(),
+            product_known: true,
+            product_name: "p".into(),
+            catalog_price: None,
+            user_known: true,
+            user_country: "PL".into(),
+            user_device: "web".into(),
+            user_segment: "new".into(),
+        }
+    }
+
+    fn cfg(size: i64, slide: i64, grace: i64, ooo: i64) -> WinConfig {
+        WinConfig {
+            spec: WindowSpec::hopping(size, slide).unwrap(),
+            grace_ms: grace,
+            out_of_order_ms: ooo,
+        }
+    }
+
+    #[test]
+    fn codecs_round_trip() {
+        let k = GroupKey {
+            dimension: Dimension::Brand,
+            value: "a|b/é".into(),
+            currency: "EUR".into(),
+        };
+        assert_eq!(GroupKey::decode(&k.to_bytes()), Some(k.clone()));
+        let mut a = Agg::default();
+        add_event(&mut a, &ev(5, 7, 3, EventType::Purchase));
+        add_event(&mut a, &ev(6, 8, 3, EventType::View));
+        let p = Repartitioned::Partial { pane: -3, agg: a };
+        assert_eq!(Repartitioned::decode(&p.encode()), Some(p));
+        let m = Repartitioned::Marker {
+            partition: 4,
+            watermark: -9,
+        };
+        assert_eq!(Repartitioned::decode(&m.encode()), Some(m));
+        assert_eq!(Repartitioned::decode(b"Pxx"), None);
+        assert_eq!(Repartitioned::decode(b""), None);
+        let pm = PartitionMark {
+            max_time: 10,
+            watermark: 5,
+        };
+        assert_eq!(PartitionMark::decode(&pm.encode()), Some(pm));
+    }
+
+    #[test]
+    fn late_is_decided_on_the_first_window_and_reported() {
+        let c = cfg(60, 60, 10, 5);
+        let mut s = PreStage::new(c);
+        s.assign(0, None);
+        s.observe(0, &ev(100, 1, 1, EventType::View)).unwrap();
+        assert_eq!(s.mark(0).watermark, 95);
+        // Window [60,120) closes at 130 > 95: on time.
+        s.observe(0, &ev(61, 1, 1, EventType::View)).unwrap();
+        s.observe(0, &ev(200, 1, 1, EventType::View)).unwrap();
+        // wm 195 >= [60,120) + 10 = 130: late by 65.
+        let late = s.observe(0, &ev(70, 1, 1, EventType::View)).unwrap_err();
+        assert_eq!(
+            late,
+            Late {
+                lateness_ms: 65,
+                watermark: 195,
+                window_start: 60,
+                window_end: 120
+            }
+        );
+        let d = s.drain();
+        assert_eq!(d.marks, vec![(0, s.mark(0))]);
+        // 3 on-time events x 5 dimensions, in panes 1 and 3.
+        let total: i64 = d.partials.iter().map(|p| p.2.views).sum();
+        assert_eq!(total, 15);
+        s.rollback();
+        assert_eq!(s.mark(0), PartitionMark::default());
+    }
+
+    #[test]
+    fn idle_partitions_adopt_a_watermark_and_stage_two_waits_for_all() {
+        let c = cfg(60, 60, 0, 0);
+        let mut m = MergeState::new(c, 2);
+        let k = GroupKey {
+            dimension: Dimension::All,
+            value: "all".into(),
+            currency: "USD".into(),
+        };
+        let mut a = Agg::default();
+        add_event(&mut a, &ev(10, 1, 1, EventType::View));
+        m.apply_partial(k.clone(), 0, &a);
+        m.apply_marker(0, 500);
+        assert!(m.close().is_empty(), "partition 1 has not reported");
+        m.apply_marker(1, 61);
+        let out = m.close();
+        assert_eq!(out.len(), 1);
+        assert_eq!((out[0].window_start, out[0].agg.views), (0, 1));
+        let ch = m.changes();
+        assert!(ch.contains(&StateChange::Pane {
+            pane: 0,
+            key: k.clone(),
+            agg: None
+        }));
+        assert!(ch.contains(&StateChange::Marks(vec![500, 61])));
+        // A partial for a final window is counted as stale, not merged.
+        m.apply_partial(k, 0, &a);
+        assert_eq!((m.stale, m.open_panes()), (1, 0));
+    }
+
+    /// Runs events (partition, event) through stage 1 in batches, ships partials/markers to
+    /// `r` stage-2 states by key hash, with a changelog restore of stage 2 after every batch, and
+    /// returns the final windows and the late events.
+    fn pipeline(
+        c: WinConfig,
+        inputs: usize,
+        r: usize,
+        events: &[(i32, EnrichedEvent)],
+        batch: usize,
+    ) -> (BTreeMap<(i64, GroupKey), Agg>, Vec<EnrichedEvent>) {
+        let mut pre = PreStage::new(c);
+        for p in 0..inputs {
+            pre.assign(p as i32, None);
+        }
+        let mut merges: Vec<MergeState> = (0..r).map(|_| MergeState::new(c, inputs)).collect();
+        let mut changelogs: Vec<BTreeMap<Vec<u8>, Option<Vec<u8>>>> = vec![BTreeMap::new(); r];
+        let mut finals = BTreeMap::new();
+        let mut late = Vec::new();
+        let hash = |k: &GroupKey| {
+            k.to_bytes()
+                .iter()
+                .fold(7usize, |h, b| h.wrapping_mul(31).wrapping_add(*b as usize))
+                % r
+        };
+        let mut ship = |pre: &mut PreStage,
+                        merges: &mut Vec<MergeState>,
+                        finals: &mut BTreeMap<(i64, GroupKey), Agg>| {
+            let d = pre.drain();
+            pre.commit();
+            for (k, pane, agg) in d.partials {
+                let enc = Repartitioned::Partial { pane, agg }.encode();
+                let Some(Repartitioned::Partial { pane, agg }) = Repartitioned::decode(&enc) else {
+                    panic!("decodes")
+                };
+                merges[hash(&k)].apply_partial(k, pane, &agg);
+            }
+            for (p, mk) in d.marks {
+                for m in merges.iter_mut() {
+                    m.apply_marker(p, mk.watermark);
+                }
+            }
+            for (i, m) in merges.iter_mut().enumerate() {
+                for w in m.close() {
+                    assert!(finals.insert((w.window_start, w.key), w.agg).is_none());
+                }
+                for ch in m.changes() {
+                    match ch {
+                        StateChange::Pane { pane, key, agg } => {
+                            changelogs[i].insert(
+                                pane_state_key(pane, &key),
+                                agg.map(|a| {
+                                    let mut b = Vec::new();
+                                    encode_agg(&a, &mut b);
+                                    b
+                                }),
+                            );
+                        }
+                        StateChange::Marks(v) => {
+                            changelogs[i].insert(MARKS_STATE_KEY.to_vec(), Some(encode_marks(&v)));
+                        }
+                    }
+                }
+                // Crash and restore from the changelog.
+                let mut fresh = MergeState::new(c, inputs);
+                for (k, v) in &changelogs[i] {
+                    assert!(restore_record(&mut fresh, k, v.as_deref()));
+                }
+                fresh.restored();
+                *m = fresh;
+            }
+        };
+        for (i, (p, e)) in events.iter().enumerate() {
+            if let Err(_l) = pre.observe(*p, e) {
+                late.push(e.clone());
+            }
+            if (i + 1) % batch == 0 {
+                ship(&mut pre, &mut merges, &mut finals);
+            }
+        }
+        ship(&mut pre, &mut merges, &mut finals);
+        for p in 0..inputs {
+            pre.advance(p as i32, i64::MAX / 4);
+        }
+        ship(&mut pre, &mut merges, &mut finals);
+        (finals, late)
+    }
+
+    fn direct(c: WinConfig, events: &[EnrichedEvent]) -> BTreeMap<(i64, GroupKey), Agg> {
+        let mut out: BTreeMap<(i64, GroupKey), Agg> = BTreeMap::new();
+        for e in events {
+            for s in c.spec.windows_of(e.event_time) {
+                for k in GroupKey::of(e) {
+                    add_event(out.entry((s, k)).or_default(), e);
+                }
+            }
+        }
+        out
+    }
+
+    fn kind(i: u8) -> EventType {
+        EventType::ALL[usize::from(i % 4)]
+    }
+
+    proptest! {
+        /// Through both stages, several partitions, batches and restores: the final windows are
+        /// exactly the direct computation over the on-time events, late + on-time = all events,
+        /// and any order within the out-of-orderness gives the same result.
+        #[test]
+        fn two_stages_equal_a_direct_computation(
+            raw in proptest::collection::vec((0i32..3, 0i64..3_000, 0i64..20, 0i64..8, 0u8..4), 1..150),
+            slide in prop::sample::select(vec![50i64, 100, 250]),
+            panes in 1i64..5,
+            grace in 0i64..300,
+            batch in 1usize..40,
+            r in 1usize..4,
+            seed in any::<u64>(),
+        ) {
+            let c = cfg(slide * panes, slide, grace, 0);
+            let events: Vec<(i32, EnrichedEvent)> = raw
+                .iter()
+                .enumerate()
+                .map(|(i, (p, t, u, pr, k))| {
+                    let mut e = ev(*t, *u, *pr, kind(*k));
+                    e.event_id = format!("e{i}");
+                    (*p, e)
+                })
+                .collect();
+            let (finals, late) = pipeline(c, 3, r, &events, batch);
+            let late_ids: HashSet<&str> = late.iter().map(|e| e.event_id.as_str()).collect();
+            let on_time: Vec<EnrichedEvent> = events
+                .iter()
+                .map(|(_, e)| e.clone())
+                .filter(|e| !late_ids.contains(e.event_id.as_str()))
+                .collect();
+            prop_assert_eq!(on_time.len() + late.len(), events.len());
+            let expect = direct(c, &on_time);
+            prop_assert_eq!(&finals, &expect);
+            // Sums conserved: each on-time event counts once per window per dimension.
+            let views: i64 = finals.values().map(|a| a.views + a.carts + a.removals + a.purchases).sum();
+            prop_assert_eq!(views, on_time.len() as i64 * c.spec.panes() * 5);
+
+            // With an out-of-orderness covering the whole input nothing is late, and any
+            // arrival order gives the same windows.
+            let c2 = cfg(slide * panes, slide, grace, 10_000);
+            let (a, late_a) = pipeline(c2, 3, r, &events, batch);
+            let mut shuffled = events.clone();
+            let mut x = seed;
+            for i in (1..shuffled.len()).rev() {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                shuffled.swap(i, (x >> 33) as usize % (i + 1));
+            }
+            let (b, late_b) = pipeline(c2, 3, r, &shuffled, batch);
+            prop_assert!(late_a.is_empty() && late_b.is_empty());
+            prop_assert_eq!(&a, &b);
+            let all: Vec<EnrichedEvent> = events.iter().map(|(_, e)| e.clone()).collect();
+            prop_assert_eq!(&a, &direct(c2, &all));
+        }
+
+        /// An event is late exactly when its first window was final under its partition's
+        /// watermark when it arrived.
+        #[test]
+        fn late_verdicts_follow_the_partition_watermark(
+            times in proptest::collection::vec(0i64..5_000, 1..100),
+            grace in 0i64..500,
+            ooo in 0i64..500,
+        ) {
+            let c = cfg(100, 100, grace, ooo);
+            let mut s = PreStage::new(c);
+            let mut max = i64::MIN;
+            for t in times {
+                let wm = if max == i64::MIN { i64::MIN } else { max - ooo };
+                let end = (t.div_euclid(100) + 1) * 100;
+                let late = wm >= end + grace;
+                prop_assert_eq!(s.observe(0, &ev(t, 1, 1, EventType::View)).is_err(), late);
+                if !late {
+                    max = max.max(t);
+                }
+            }
+        }
+    }
+}
