@@ -1,8 +1,8 @@
 //! Metrics every processor exports, labelled by stage.
 
 use prometheus::{
-    register_histogram_vec, register_int_counter_vec, register_int_gauge_vec, HistogramVec,
-    IntCounterVec, IntGaugeVec,
+    register_gauge_vec, register_histogram_vec, register_int_counter_vec, register_int_gauge_vec,
+    GaugeVec, HistogramVec, IntCounterVec, IntGaugeVec,
 };
 use std::sync::OnceLock;
 
@@ -18,6 +18,12 @@ pub struct StageMetrics {
     pub rebalances: IntCounterVec,
     pub retries: IntCounterVec,
     pub stale_records: IntCounterVec,
+    /// Event-time stages: wall clock minus the stage's watermark.
+    pub watermark_lag: GaugeVec,
+    /// Event-time stages: windows (or sessions) holding data and not final yet.
+    pub open_windows: IntGaugeVec,
+    /// Event-time stages: events later than the grace period, set aside to a late topic.
+    pub late_events: IntCounterVec,
 }
 
 impl StageMetrics {
@@ -84,6 +90,21 @@ impl StageMetrics {
             stale_records: register_int_counter_vec!(
                 "cartstream_processor_stale_records_total",
                 "Records delivered for a partition no longer assigned, dropped (its new owner reads them)",
+                &["stage"]
+            )?,
+            watermark_lag: register_gauge_vec!(
+                "cartstream_processor_watermark_lag_seconds",
+                "Wall clock minus the event-time watermark (event-time stages)",
+                &["stage"]
+            )?,
+            open_windows: register_int_gauge_vec!(
+                "cartstream_processor_open_windows",
+                "Windows or sessions holding data and not final yet (event-time stages)",
+                &["stage"]
+            )?,
+            late_events: register_int_counter_vec!(
+                "cartstream_processor_late_events_total",
+                "Events later than the grace period, sent to a late topic (never dropped)",
                 &["stage"]
             )?,
         })
