@@ -3,6 +3,8 @@
 //! - [`clean`]: validation and normalisation rules of the cleaner, each rejection with a stable
 //!   code for the dead-letter topic.
 //! - [`dedup`]: deduplication by `event_id` over an event-time horizon with bounded memory.
+//! - [`detect`]: the detector's rules (trends against each key's own baseline, purchases per
+//!   user and minute, prices far from the catalog) and their changelog encoding.
 //! - [`enrich`]: the join of clean events with the product and user dimension tables.
 //! - [`kpi_metrics`]: business KPIs of final windows as bounded Prometheus metrics.
 //! - [`session`]: session windows per `user_session` (inactivity gap, watermark, grace, merges,
@@ -18,6 +20,7 @@
 
 pub mod clean;
 pub mod dedup;
+pub mod detect;
 pub mod enrich;
 pub mod kpi_metrics;
 pub mod session;

@@ -536,6 +536,35 @@ pub fn sessions_offline(events: &[EnrichedEvent], gap_ms: i64) -> Vec<Session> {
     out
 }
 
+/// Parses a duration flag: `500ms`, `90s`, `30m`, `2h`, `1d` (a bare number is seconds).
+pub fn parse_duration_ms(s: &str) -> Result<i64, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration such as 90s, 30m or 2h"))?;
+    let factor = match unit.trim() {
+        "ms" => 1.0,
+        "" | "s" => 1_000.0,
+        "m" | "min" => 60_000.0,
+        "h" => 3_600_000.0,
+        "d" => 86_400_000.0,
+        u => {
+            return Err(format!(
+                "unknown unit {u:?} in {s:?} (use ms, s, m, h or d)"
+            ))
+        }
+    };
+    let ms = n * factor;
+    if !ms.is_finite() || !(0.0..=1e15).contains(&ms) {
+        return Err(format!("{s:?} is out of range"));
+    }
+    Ok(ms.round() as i64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -667,6 +696,17 @@ mod tests {
         assert_eq!(out[0].currency, "GBP");
         assert_eq!(out[0].order_id.as_deref(), Some("e1"));
         assert_eq!(s.mixed_currency(), 1);
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration_ms("30m"), Ok(1_800_000));
+        assert_eq!(parse_duration_ms("500ms"), Ok(500));
+        assert_eq!(parse_duration_ms("2"), Ok(2_000));
+        assert_eq!(parse_duration_ms("1.5h"), Ok(5_400_000));
+        assert!(parse_duration_ms("x").is_err());
+        assert!(parse_duration_ms("3w").is_err());
+        assert!(parse_duration_ms("-1s").is_err());
     }
 
     #[test]
