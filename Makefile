@@ -1,6 +1,6 @@
 # cartstream: the two commands a newcomer needs are `make demo` and `make test`.
 .DEFAULT_GOAL := help
-.PHONY: help up down status clean build bootstrap demo test lint unit
+.PHONY: help up down status clean build bootstrap demo test lint unit replay dashboards
 
 help: ## show the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -27,6 +27,12 @@ bootstrap: up build ## create topics, register schemas, create CQL tables
 
 demo: ## run the pipeline end to end on the local stack and show where to look
 	@bash scripts/demo.sh
+
+replay: build ## rebuild all derived state from the topics as a new generation: make replay GEN=g2
+	@bash scripts/replay.sh generation $(or $(GEN),g2)
+
+dashboards: ## regenerate grafana/dashboards/*.json from grafana/dashboards.py
+	@python3 grafana/dashboards.py
 
 lint: ## rustfmt and clippy, warnings are errors
 	@cargo fmt --all -- --check
