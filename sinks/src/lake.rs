@@ -1,0 +1,1056 @@
+//! The history lake: every record of the input topics, once, in Parquet files on an object
+//! store (a local directory by default, S3 or MinIO by URL).
+//!
+//! # Layout
+//!
+//! `<lake>/topic=<topic>/date=YYYY-MM-DD/hour=HH/<partition>-<first>-<last>.parquet`, Hive-style,
+//! by the record's event time (UTC; `<topic>` is the full name, namespace prefix included; the first of `event_time`, `window_start`, `session_start`,
+//! `detected_at`, `failed_at`, `updated_at` the schema has, else the Kafka timestamp). The name
+//! holds the Kafka partition and the offset range of the *flush* the file belongs to: one flush
+//! of a partition writes one file per hour its records fall in, all with the same name. Files are
+//! zstd-compressed with row groups of `--row-group-rows`; each file's columns are the Arrow
+//! mapping of its records' writer schema ([`crate::avro_arrow`]).
+//!
+//! # Commit protocol (no loss, no duplicate)
+//!
+//! Per partition, records are buffered until `--max-file-records`, `--max-file-bytes` (Avro
+//! bytes) or `--max-file-age-secs` since the first buffered record, or a writer schema change,
+//! or shutdown. Then, for the buffered range `[F, L]`:
+//!
+//! 1. commit offset `F` with metadata `lake:cut=L` (an intent: "the flush starting at F ends at L");
+//! 2. upload the flush's files (retried until they succeed);
+//! 3. commit offset `L + 1` (no metadata).
+//!
+//! A crash before 3 restarts at `F`; the sink reads the intent and cuts its first flush exactly at
+//! `L`, so it uploads the same file names again (overwriting, never adding). A crash before 1
+//! uploaded nothing. So the lake holds each record once, whatever is killed when.
+//!
+//! # Compaction and the reader rule
+//!
+//! `compact` merges the small files of each closed hour, per partition, into files of up to
+//! `--target-bytes`, named by the union of their ranges (`<p>-<min first>-<max last>.parquet`),
+//! and only then deletes the inputs. **Readers ignore a file whose range lies within the range of
+//! another file of the same partition in the same hour directory**: such a file's rows are all in
+//! the larger one. So a crash between the merged upload and the deletes changes nothing a reader
+//! sees, and the next compaction deletes the leftovers. Plain readers that do not apply the rule
+//! see the truth whenever no compaction is half-done (the normal state).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use apache_avro::reader::datum::GenericDatumReader;
+use apache_avro::schema::Schema;
+use apache_avro::types::Value;
+use arrow_array::RecordBatch;
+use arrow_schema::SchemaRef;
+use bytes::Bytes;
+use cartstream_events::{wire, Registry, RegistryError};
+use cartstream_kafka::{KafkaArgs, Topic, TopicNames};
+use cartstream_runtime::{Health, Shutdown};
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use rdkafka::consumer::Consumer;
+use rdkafka::message::{Message, OwnedMessage};
+
+use crate::avro_arrow;
+use crate::dlq::DeadLetters;
+use crate::metrics::SinkMetrics;
+use crate::source::{self, GroupArgs, Owned, Rebalance};
+
+const SINK: &str = "lake";
+const CUT_PREFIX: &str = "lake:cut=";
+/// Fields the lake partitions by, in order of preference.
+pub const TIME_FIELDS: &[&str] = &[
+    "event_time",
+    "window_start",
+    "session_start",
+    "detected_at",
+    "failed_at",
+    "updated_at",
+];
+
+// ------------------------------------------------------------------------------------------
+// Names (pure)
+
+/// `topic=<t>/date=YYYY-MM-DD/hour=HH` of an epoch-millisecond time.
+pub fn hour_dir(topic: &str, ms: i64) -> String {
+    let hour = ms.div_euclid(3_600_000).rem_euclid(24);
+    format!(
+        "topic={topic}/date={}/hour={hour:02}",
+        cartstream_events::time::utc_date(ms)
+    )
+}
+
+/// Start of the hour of `hour_dir`'s `date=`/`hour=` segments, in epoch milliseconds.
+pub fn hour_start(dir: &str) -> Option<i64> {
+    let date = dir.split('/').find_map(|s| s.strip_prefix("date="))?;
+    let hour: i64 = dir
+        .split('/')
+        .find_map(|s| s.strip_prefix("hour="))?
+        .parse()
+        .ok()?;
+    let mut it = date.split('-');
+    let (y, m, d) = (
+        it.next()?.parse().ok()?,
+        it.next()?.parse().ok()?,
+        it.next()?.parse().ok()?,
+    );
+    Some(cartstream_events::time::days_from_civil(y, m, d) * 86_400_000 + hour * 3_600_000)
+}
+
+pub fn file_name(partition: i32, first: i64, last: i64) -> String {
+    format!("{partition}-{first}-{last}.parquet")
+}
+
+/// `(partition, first, last)` of a file name made by [`file_name`].
+pub fn parse_file_name(name: &str) -> Option<(i32, i64, i64)> {
+    let stem = name.strip_suffix(".parquet")?;
+    let mut it = stem.splitn(3, '-');
+    let p = it.next()?.parse().ok()?;
+    let f: i64 = it.next()?.parse().ok()?;
+    let l: i64 = it.next()?.parse().ok()?;
+    (f <= l).then_some((p, f, l))
+}
+
+/// The files of one hour directory a reader must skip: those whose range lies within another
+/// file's range of the same partition (see the module docs). Input: `(partition, first, last)`.
+pub fn covered(files: &[(i32, i64, i64)]) -> Vec<bool> {
+    files
+        .iter()
+        .map(|&(p, f, l)| {
+            files
+                .iter()
+                .any(|&(q, g, m)| q == p && g <= f && l <= m && (g, m) != (f, l))
+        })
+        .collect()
+}
+
+/// The cut recorded by step 1 of the commit protocol, from a committed offset's metadata.
+pub fn parse_cut(metadata: &str) -> Option<i64> {
+    metadata.strip_prefix(CUT_PREFIX)?.parse().ok()
+}
+
+// ------------------------------------------------------------------------------------------
+// Object store
+
+/// Where the lake is.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StoreArgs {
+    /// Lake location: a directory (created if missing), `file:///abs/path`, or
+    /// `s3://bucket/prefix` (credentials, region and endpoint from AWS_ACCESS_KEY_ID,
+    /// AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT; AWS_ALLOW_HTTP=true for MinIO over http).
+    #[arg(long, env = "OBJECT_STORE_URL", default_value = "./lake")]
+    pub lake_url: String,
+}
+
+/// An object store and the path prefix of the lake in it.
+#[derive(Clone, Debug)]
+pub struct Lake {
+    pub store: Arc<dyn ObjectStore>,
+    pub prefix: Path,
+}
+
+impl StoreArgs {
+    pub fn open(&self) -> anyhow::Result<Lake> {
+        let url = self.lake_url.trim();
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            let store = object_store::aws::AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .build()
+                .with_context(|| format!("S3 lake {url}"))?;
+            return Ok(Lake {
+                store: Arc::new(store),
+                prefix: Path::from(prefix.trim_matches('/')),
+            });
+        }
+        let dir = url.strip_prefix("file://").unwrap_or(url);
+        anyhow::ensure!(
+            !dir.contains("://"),
+            "--lake-url {url}: only directories, file:// and s3:// are supported"
+        );
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the lake directory {dir}"))?;
+        let store = object_store::local::LocalFileSystem::new_with_prefix(dir)
+            .with_context(|| format!("lake directory {dir}"))?;
+        Ok(Lake {
+            store: Arc::new(store),
+            prefix: Path::default(),
+        })
+    }
+}
+
+impl Lake {
+    pub fn path(&self, rel: &str) -> Path {
+        if self.prefix.as_ref().is_empty() {
+            Path::from(rel)
+        } else {
+            Path::from(format!("{}/{rel}", self.prefix.as_ref()))
+        }
+    }
+
+    /// Every Parquet file under `rel` (recursively): (path relative to the lake, size).
+    pub async fn list(&self, rel: &str) -> anyhow::Result<Vec<(String, u64)>> {
+        let base = self.path(rel);
+        let metas: Vec<_> = self.store.list(Some(&base)).try_collect().await?;
+        let skip = if self.prefix.as_ref().is_empty() {
+            0
+        } else {
+            self.prefix.as_ref().len() + 1
+        };
+        let mut out: Vec<(String, u64)> = metas
+            .into_iter()
+            .filter(|m| m.location.as_ref().ends_with(".parquet"))
+            .map(|m| (m.location.as_ref()[skip..].to_string(), m.size))
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Parquet
+
+/// How files are written.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ParquetArgs {
+    /// Rows per Parquet row group.
+    #[arg(long, env = "ROW_GROUP_ROWS", default_value_t = 128 * 1024)]
+    pub row_group_rows: usize,
+    /// zstd level (1-22).
+    #[arg(long, env = "ZSTD_LEVEL", default_value_t = 3)]
+    pub zstd_level: i32,
+}
+
+impl ParquetArgs {
+    fn props(&self) -> anyhow::Result<WriterProperties> {
+        Ok(WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::try_new(self.zstd_level)?))
+            .set_max_row_group_row_count(Some(self.row_group_rows.max(1)))
+            .set_created_by("cartstream-lake-sink".into())
+            .build())
+    }
+}
+
+/// Encodes batches (of one schema) into one Parquet file in memory.
+pub fn parquet_bytes(
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+    args: &ParquetArgs,
+) -> anyhow::Result<Vec<u8>> {
+    let mut w = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(args.props()?))?;
+    for b in batches {
+        w.write(b)?;
+    }
+    Ok(w.into_inner()?)
+}
+
+async fn put_retrying(
+    lake: &Lake,
+    rel: &str,
+    body: Vec<u8>,
+    kind: &'static str,
+    shutdown: Option<&Shutdown>,
+) -> anyhow::Result<()> {
+    let m = SinkMetrics::get();
+    let path = lake.path(rel);
+    let len = body.len() as u64;
+    let payload = PutPayload::from(Bytes::from(body));
+    let started = Instant::now();
+    let mut backoff = Duration::from_millis(200);
+    let mut attempts = 0;
+    loop {
+        m.in_flight.with_label_values(&[SINK]).inc();
+        let r = lake.store.put(&path, payload.clone()).await;
+        m.in_flight.with_label_values(&[SINK]).dec();
+        match r {
+            Ok(_) => break,
+            Err(e) => {
+                attempts += 1;
+                m.retries.with_label_values(&[SINK, "upload"]).inc();
+                tracing::warn!(error = %e, path = %path, attempts, "upload failed, retrying");
+                // A stop request is honoured only by the sink, which replays the range later.
+                if let Some(s) = shutdown {
+                    if source::sleep_or_shutdown(backoff, s).await {
+                        anyhow::bail!("stopped while uploading {path}");
+                    }
+                } else if attempts >= 10 {
+                    anyhow::bail!("uploading {path}: {e}");
+                } else {
+                    tokio::time::sleep(backoff).await;
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+    m.write_seconds
+        .with_label_values(&[SINK])
+        .observe(started.elapsed().as_secs_f64());
+    m.files_written.with_label_values(&[SINK, kind]).inc();
+    m.bytes_written.with_label_values(&[SINK, kind]).inc_by(len);
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------------
+// The sink
+
+/// Flags of `cartstream-lake-sink run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LakeSinkArgs {
+    #[command(flatten)]
+    pub group: GroupArgs,
+    #[command(flatten)]
+    pub parquet: ParquetArgs,
+    /// Input topics (base names; the topic prefix is added).
+    #[arg(
+        long,
+        env = "LAKE_SINK_TOPICS",
+        value_delimiter = ',',
+        default_value = "purchases.enriched"
+    )]
+    pub topics: Vec<String>,
+    /// Rotate a partition's file after this many records.
+    #[arg(long, env = "MAX_FILE_RECORDS", default_value_t = 500_000)]
+    pub max_file_records: usize,
+    /// Rotate a partition's file after this many bytes of Avro input.
+    #[arg(long, env = "MAX_FILE_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub max_file_bytes: usize,
+    /// Rotate a partition's file this many seconds after its first record (the latency bound).
+    #[arg(long, env = "MAX_FILE_AGE_SECS", default_value_t = 60)]
+    pub max_file_age_secs: u64,
+}
+
+/// A decoded record waiting for its flush.
+struct Buffered {
+    time_ms: i64,
+    value: Value,
+}
+
+/// What one partition has buffered.
+struct Part {
+    topic: String,
+    partition: i32,
+    schema_id: Option<u32>,
+    first: Option<i64>,
+    last: i64,
+    records: Vec<Buffered>,
+    bytes: usize,
+    opened: Instant,
+    /// The intent found at assignment: the first flush must end exactly here.
+    cut: Option<i64>,
+}
+
+impl Part {
+    fn new(topic: String, partition: i32, cut: Option<i64>) -> Self {
+        Part {
+            topic,
+            partition,
+            schema_id: None,
+            first: None,
+            last: -1,
+            records: Vec::new(),
+            bytes: 0,
+            opened: Instant::now(),
+            cut,
+        }
+    }
+}
+
+/// Writer schemas and their Arrow mapping, by schema id.
+struct Schemas {
+    registry: Arc<Registry>,
+    by_id: HashMap<u32, Arc<Plan>>,
+}
+
+struct Plan {
+    reader: GenericDatumReader<'static>,
+    arrow: SchemaRef,
+    time_field: Option<usize>,
+}
+
+enum DecodeFailure {
+    Transient(String),
+    Permanent {
+        code: &'static str,
+        message: String,
+        schema_id: Option<u32>,
+    },
+}
+
+impl Schemas {
+    async fn plan(&mut self, id: u32) -> Result<Arc<Plan>, DecodeFailure> {
+        if let Some(p) = self.by_id.get(&id) {
+            return Ok(p.clone());
+        }
+        let writer: &'static Schema = match self.registry.schema(id).await {
+            Ok(s) => s,
+            Err(RegistryError::NotFound(_)) => {
+                return Err(DecodeFailure::Permanent {
+                    code: "unknown_schema_id",
+                    message: format!("schema id {id} is not in the schema registry"),
+                    schema_id: Some(id),
+                })
+            }
+            Err(e) if e.is_transient() => return Err(DecodeFailure::Transient(e.to_string())),
+            Err(e) => {
+                return Err(DecodeFailure::Permanent {
+                    code: "registry_error",
+                    message: e.to_string(),
+                    schema_id: Some(id),
+                })
+            }
+        };
+        let bad = |code: &'static str, message: String| DecodeFailure::Permanent {
+            code,
+            message,
+            schema_id: Some(id),
+        };
+        let arrow = avro_arrow::arrow_schema(writer)
+            .map_err(|e| bad("unsupported_schema", e.to_string()))?;
+        let reader = GenericDatumReader::builder(writer)
+            .human_readable(false)
+            .build()
+            .map_err(|e| bad("incompatible_schema", e.to_string()))?;
+        let plan = Arc::new(Plan {
+            reader,
+            arrow,
+            time_field: avro_arrow::time_field(writer, TIME_FIELDS),
+        });
+        self.by_id.insert(id, plan.clone());
+        Ok(plan)
+    }
+
+    async fn decode(&mut self, payload: &[u8]) -> Result<(u32, Arc<Plan>, Value), DecodeFailure> {
+        let (id, body) = wire::split(payload).map_err(|e| {
+            let e = cartstream_events::DecodeError::from(e);
+            DecodeFailure::Permanent {
+                code: e.code(),
+                message: e.to_string(),
+                schema_id: None,
+            }
+        })?;
+        let plan = self.plan(id).await?;
+        let mut rest = body;
+        let value = plan
+            .reader
+            .read_value(&mut rest)
+            .map_err(|e| DecodeFailure::Permanent {
+                code: "malformed_avro",
+                message: e.to_string(),
+                schema_id: Some(id),
+            })?;
+        if !rest.is_empty() {
+            return Err(DecodeFailure::Permanent {
+                code: "malformed_avro",
+                message: format!("{} trailing bytes after the record", rest.len()),
+                schema_id: Some(id),
+            });
+        }
+        Ok((id, plan, value))
+    }
+}
+
+/// Everything `run` needs.
+pub struct Context<'a> {
+    pub kafka: &'a KafkaArgs,
+    pub registry: Arc<Registry>,
+    pub names: &'a TopicNames,
+    pub lake: Lake,
+    pub args: &'a LakeSinkArgs,
+    pub shutdown: &'a Shutdown,
+    pub health: &'a Health,
+}
+
+struct Sink<'a> {
+    lake: Lake,
+    args: &'a LakeSinkArgs,
+    schemas: Schemas,
+    parts: BTreeMap<(String, i32), Part>,
+    consumer: source::SourceConsumer,
+    shutdown: &'a Shutdown,
+    /// Debug hook for the crash tests: exit the process right after the N-th upload, before its
+    /// offset commit (CARTSTREAM_LAKE_EXIT_AFTER_UPLOADS).
+    exit_after_uploads: Option<u64>,
+    uploads: u64,
+}
+
+/// Runs the sink until shutdown (see the module docs); on shutdown, flushes every partition.
+pub async fn run(ctx: Context<'_>) -> anyhow::Result<()> {
+    let Context {
+        kafka,
+        registry,
+        names,
+        lake,
+        args,
+        shutdown,
+        health,
+    } = ctx;
+    let m = SinkMetrics::get();
+    let dlq = DeadLetters::new(
+        kafka,
+        &registry,
+        names.name(Topic::DeadLetters),
+        &names.subject(Topic::DeadLetters),
+        "lake-sink",
+    )
+    .await?;
+    let group = args.group.group("lake-sink", &names.topic_prefix);
+    let inputs: Vec<String> = args
+        .topics
+        .iter()
+        .map(|t| format!("{}{t}", names.topic_prefix))
+        .collect();
+    let consumer =
+        source::consumer(kafka, &group, args.group.instance_id.as_deref(), &inputs).await?;
+    tracing::info!(group, inputs = ?inputs, lake = %lake.store, prefix = %lake.prefix, "writing");
+    health.set_ready(true);
+    let mut sink = Sink {
+        lake,
+        args,
+        schemas: Schemas {
+            registry,
+            by_id: HashMap::new(),
+        },
+        parts: BTreeMap::new(),
+        consumer,
+        shutdown,
+        exit_after_uploads: std::env::var("CARTSTREAM_LAKE_EXIT_AFTER_UPLOADS")
+            .ok()
+            .and_then(|v| v.parse().ok()),
+        uploads: 0,
+    };
+    let mut owned = Owned::default();
+    let mut last_tick = Instant::now();
+    let mut last_lag = Instant::now();
+    while !shutdown.is_triggered() {
+        let mut received = None;
+        tokio::select! {
+            _ = shutdown.wait() => {}
+            r = tokio::time::timeout(Duration::from_millis(200), sink.consumer.recv()) => match r {
+                Ok(Ok(msg)) => received = Some(msg.detach()),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "consume error");
+                    if sink.consumer.context().errors.auth_failed() {
+                        anyhow::bail!("Kafka refused our credentials: {}", sink.consumer.context().errors.auth_error().unwrap_or_default());
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(_) => {}
+            },
+        }
+        for ev in sink.consumer.context().take_events() {
+            tracing::info!(event = ?ev, "rebalance");
+            owned.apply(&ev);
+            match &ev {
+                Rebalance::Revoked(ps) => {
+                    for k in ps {
+                        sink.parts.remove(k);
+                    }
+                }
+                Rebalance::Assigned(ps) => {
+                    for (t, p) in ps {
+                        let (_, meta) = source::committed(&sink.consumer, t, *p)?;
+                        let cut = parse_cut(&meta);
+                        if let Some(c) = cut {
+                            tracing::info!(topic = %t, partition = p, cut = c, "resuming an interrupted flush: cutting at its recorded end");
+                        }
+                        sink.parts
+                            .insert((t.clone(), *p), Part::new(t.clone(), *p, cut));
+                    }
+                }
+            }
+        }
+        if let Some(msg) = received {
+            // Stopped while the registry or the dead-letter topic was unavailable.
+            if owned.contains(msg.topic(), msg.partition()) && sink.accept(&msg, &dlq).await? {
+                break;
+            }
+        }
+        if last_tick.elapsed() >= Duration::from_millis(500) {
+            last_tick = Instant::now();
+            let max_age = Duration::from_secs(sink.args.max_file_age_secs);
+            let due: Vec<(String, i32)> = sink
+                .parts
+                .iter()
+                .filter(|(_, p)| {
+                    p.first.is_some() && p.cut.is_none() && p.opened.elapsed() >= max_age
+                })
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in due {
+                sink.flush(&k).await?;
+            }
+        }
+        if last_lag.elapsed() > Duration::from_secs(5) {
+            last_lag = Instant::now();
+            for (t, p, lag) in tokio::task::block_in_place(|| source::lag(&sink.consumer)) {
+                m.lag
+                    .with_label_values(&[SINK, &t, &p.to_string()])
+                    .set(lag);
+            }
+        }
+    }
+    // Graceful stop: flush what is buffered (a partition waiting for its recorded cut is left
+    // to the next run, which replays it to the same cut).
+    health.set_ready(false);
+    let keys: Vec<_> = sink
+        .parts
+        .iter()
+        .filter(|(_, p)| p.first.is_some() && p.cut.is_none())
+        .map(|(k, _)| k.clone())
+        .collect();
+    for k in keys {
+        if let Err(e) = sink.flush(&k).await {
+            tracing::warn!(error = %format!("{e:#}"), "flush on shutdown failed; the next run replays it");
+        }
+    }
+    sink.consumer.unsubscribe();
+    tracing::info!("lake sink stopped");
+    Ok(())
+}
+
+impl Sink<'_> {
+    /// Buffers one record (or dead-letters it), flushing when a rotation rule says so.
+    /// Returns true when shutdown interrupted it.
+    async fn accept(&mut self, msg: &OwnedMessage, dlq: &DeadLetters) -> anyhow::Result<bool> {
+        let key = (msg.topic().to_string(), msg.partition());
+        let offset = msg.offset();
+        // Decode; a registry outage is retried, a bad record dead-lettered (its offset still
+        // belongs to the partition's range).
+        let mut backoff = Duration::from_millis(200);
+        let decoded = loop {
+            let Some(payload) = msg.payload().filter(|p| !p.is_empty()) else {
+                break Err((
+                    "empty_record",
+                    "record has no value (tombstone)".to_string(),
+                    None,
+                ));
+            };
+            match self.schemas.decode(payload).await {
+                Ok(v) => break Ok(v),
+                Err(DecodeFailure::Transient(e)) => {
+                    tracing::warn!(error = %e, "registry unavailable, retrying");
+                    SinkMetrics::get()
+                        .retries
+                        .with_label_values(&[SINK, "decode"])
+                        .inc();
+                    if source::sleep_or_shutdown(backoff, self.shutdown).await {
+                        return Ok(true);
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+                Err(DecodeFailure::Permanent {
+                    code,
+                    message,
+                    schema_id,
+                }) => break Err((code, message, schema_id)),
+            }
+        };
+        // A schema change closes the current file first, so each file has one schema.
+        if let Ok((id, _, _)) = &decoded {
+            let change = self
+                .parts
+                .get(&key)
+                .is_some_and(|p| p.first.is_some() && p.schema_id.is_some_and(|s| s != *id));
+            if change {
+                self.flush(&key).await?;
+            }
+        }
+        match decoded {
+            Ok((id, plan, value)) => {
+                let time_ms = plan
+                    .time_field
+                    .and_then(|i| avro_arrow::time_value(&value, i))
+                    .or_else(|| msg.timestamp().to_millis())
+                    .unwrap_or(0);
+                let part = self.part(&key);
+                part.schema_id = Some(id);
+                part.records.push(Buffered { time_ms, value });
+                part.bytes += msg.payload().map_or(0, <[u8]>::len);
+            }
+            Err((code, message, schema_id)) => {
+                let mut backoff = Duration::from_millis(200);
+                while let Err(e) = dlq.send(msg, code, message.clone(), schema_id).await {
+                    tracing::warn!(error = %format!("{e:#}"), "dead letter not delivered, retrying");
+                    if source::sleep_or_shutdown(backoff, self.shutdown).await {
+                        return Ok(true);
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+        let (max_records, max_bytes) = (self.args.max_file_records, self.args.max_file_bytes);
+        let part = self.part(&key);
+        if part.first.is_none() {
+            part.first = Some(offset);
+            part.opened = Instant::now();
+        }
+        part.last = offset;
+        let due = match part.cut {
+            Some(cut) => offset >= cut,
+            None => part.records.len() >= max_records || part.bytes >= max_bytes,
+        };
+        if due {
+            self.flush(&key).await?;
+        }
+        Ok(false)
+    }
+
+    fn part(&mut self, key: &(String, i32)) -> &mut Part {
+        self.parts
+            .entry(key.clone())
+            .or_insert_with(|| Part::new(key.0.clone(), key.1, None))
+    }
+
+    /// Steps 1-3 of the commit protocol for one partition.
+    async fn flush(&mut self, key: &(String, i32)) -> anyhow::Result<()> {
+        let Some(part) = self.parts.get_mut(key) else {
+            return Ok(());
+        };
+        let Some(first) = part.first else {
+            return Ok(());
+        };
+        let last = part.last;
+        let records = std::mem::take(&mut part.records);
+        let schema_id = part.schema_id;
+        let had_cut = part.cut.is_some();
+        let (topic, partition) = (part.topic.clone(), part.partition);
+        *part = Part::new(topic.clone(), partition, None);
+
+        // 1. The intent (not needed when replaying a recorded one: it is already there).
+        if !had_cut {
+            let mut intent = BTreeMap::new();
+            intent.insert(
+                (topic.clone(), partition),
+                (first, Some(format!("{CUT_PREFIX}{last}"))),
+            );
+            source::commit(&self.consumer, &intent).context("recording the flush intent")?;
+        }
+        // 2. Upload one file per hour.
+        if let Some(id) = schema_id {
+            let plan = self
+                .schemas
+                .plan(id)
+                .await
+                .map_err(|_| anyhow::anyhow!("schema {id} vanished from the cache"))?;
+            let mut by_hour: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
+            for r in &records {
+                by_hour
+                    .entry(hour_dir(&topic, r.time_ms))
+                    .or_default()
+                    .push(&r.value);
+            }
+            for (dir, rows) in by_hour {
+                let batch = avro_arrow::record_batch(&plan.arrow, &rows)
+                    .with_context(|| format!("building a batch of {topic}[{partition}]"))?;
+                let body = parquet_bytes(&plan.arrow, &[batch], &self.args.parquet)?;
+                let rel = format!("{dir}/{}", file_name(partition, first, last));
+                put_retrying(&self.lake, &rel, body, "flush", Some(self.shutdown)).await?;
+                SinkMetrics::get()
+                    .rows_written
+                    .with_label_values(&[SINK, "parquet"])
+                    .inc_by(rows.len() as u64);
+                self.uploads += 1;
+                if self.exit_after_uploads == Some(self.uploads) {
+                    tracing::warn!(rel, "CARTSTREAM_LAKE_EXIT_AFTER_UPLOADS: exiting after an upload, before its commit");
+                    std::process::exit(86);
+                }
+            }
+        }
+        // 3. The offsets the upload covers.
+        let mut done = BTreeMap::new();
+        done.insert((topic.clone(), partition), (last + 1, Some(String::new())));
+        let mut backoff = Duration::from_millis(200);
+        let mut attempt = 0;
+        loop {
+            match source::commit(&self.consumer, &done) {
+                Ok(()) => break,
+                Err(e) => {
+                    attempt += 1;
+                    SinkMetrics::get()
+                        .retries
+                        .with_label_values(&[SINK, "commit"])
+                        .inc();
+                    if attempt >= 5 {
+                        // The intent stays: a restart cuts at `last` again, rewriting the same
+                        // files. Exiting is safe; going on would break the intent's meaning.
+                        return Err(e.context("committing after an upload"));
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                }
+            }
+        }
+        SinkMetrics::get().commits.with_label_values(&[SINK]).inc();
+        tracing::debug!(
+            topic,
+            partition,
+            first,
+            last,
+            rows = records.len(),
+            "flushed"
+        );
+        Ok(())
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Compaction
+
+/// Flags of `cartstream-lake-sink compact`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CompactArgs {
+    #[command(flatten)]
+    pub parquet: ParquetArgs,
+    /// Topic whose hours to compact (full name, with any prefix).
+    #[arg(long, env = "COMPACT_TOPIC", default_value = "purchases.enriched")]
+    pub topic: String,
+    /// Merge up to this many bytes of input per output file.
+    #[arg(long, env = "COMPACT_TARGET_BYTES", default_value_t = 128 * 1024 * 1024)]
+    pub target_bytes: u64,
+    /// An hour is closed (compactable) this many seconds after its end.
+    #[arg(long, env = "COMPACT_CLOSED_AFTER_SECS", default_value_t = 3600)]
+    pub closed_after_secs: i64,
+}
+
+/// What `compact` did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct CompactReport {
+    pub hours: usize,
+    pub merged_files: usize,
+    pub inputs_merged: usize,
+    pub covered_deleted: usize,
+    pub rows: u64,
+}
+
+/// Groups the live files of one partition (sorted by first offset) into runs to merge: runs of
+/// consecutive files whose sizes add up to at most `target` (a run of one is left alone).
+pub fn plan_runs(files: &[(i64, i64, u64)], target: u64) -> Vec<std::ops::Range<usize>> {
+    let mut runs = Vec::new();
+    let mut start = 0;
+    let mut size = 0u64;
+    for (i, f) in files.iter().enumerate() {
+        if i > start && size + f.2 > target {
+            if i - start > 1 {
+                runs.push(start..i);
+            }
+            start = i;
+            size = 0;
+        }
+        size += f.2;
+    }
+    if files.len() - start > 1 {
+        runs.push(start..files.len());
+    }
+    runs
+}
+
+/// Merges the small files of every closed hour of `args.topic` (see the module docs).
+pub async fn compact(
+    lake: &Lake,
+    args: &CompactArgs,
+    now_ms: i64,
+) -> anyhow::Result<CompactReport> {
+    let m = SinkMetrics::get();
+    let mut report = CompactReport::default();
+    let files = lake.list(&format!("topic={}/", args.topic)).await?;
+    let mut by_dir: BTreeMap<String, Vec<(String, u64)>> = BTreeMap::new();
+    for (path, size) in files {
+        if let Some((dir, name)) = path.rsplit_once('/') {
+            by_dir
+                .entry(dir.to_string())
+                .or_default()
+                .push((name.to_string(), size));
+        }
+    }
+    for (dir, files) in by_dir {
+        let Some(start) = hour_start(&dir) else {
+            continue;
+        };
+        if start + 3_600_000 + args.closed_after_secs * 1000 > now_ms {
+            continue;
+        }
+        report.hours += 1;
+        let parsed: Vec<(String, u64, (i32, i64, i64))> = files
+            .into_iter()
+            .filter_map(|(n, s)| parse_file_name(&n).map(|r| (n, s, r)))
+            .collect();
+        let ranges: Vec<(i32, i64, i64)> = parsed.iter().map(|f| f.2).collect();
+        let cov = covered(&ranges);
+        let mut live: BTreeMap<i32, Vec<(i64, i64, u64, String)>> = BTreeMap::new();
+        for ((name, size, (p, f, l)), c) in parsed.into_iter().zip(cov) {
+            if c {
+                lake.store
+                    .delete(&lake.path(&format!("{dir}/{name}")))
+                    .await?;
+                report.covered_deleted += 1;
+            } else {
+                live.entry(p).or_default().push((f, l, size, name));
+            }
+        }
+        for (p, mut files) in live {
+            files.sort();
+            let sizes: Vec<(i64, i64, u64)> = files.iter().map(|f| (f.0, f.1, f.2)).collect();
+            for run in plan_runs(&sizes, args.target_bytes) {
+                let group = &files[run];
+                let mut batches: Vec<RecordBatch> = Vec::new();
+                let mut schema: Option<SchemaRef> = None;
+                let mut parts: Vec<&(i64, i64, u64, String)> = Vec::new();
+                // Files of another schema than the run's first close the run early.
+                for f in group {
+                    let bytes = lake
+                        .store
+                        .get(&lake.path(&format!("{dir}/{}", f.3)))
+                        .await?
+                        .bytes()
+                        .await?;
+                    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
+                    let s = builder.schema().clone();
+                    let reader = builder.build()?;
+                    if schema.as_ref().is_some_and(|x| x.fields() != s.fields()) {
+                        break;
+                    }
+                    schema.get_or_insert(s);
+                    for b in reader {
+                        batches.push(b?);
+                    }
+                    parts.push(f);
+                }
+                if parts.len() < 2 {
+                    continue;
+                }
+                let Some(schema) = schema else { continue };
+                let first = parts.iter().map(|f| f.0).min().unwrap_or(0);
+                let last = parts.iter().map(|f| f.1).max().unwrap_or(0);
+                let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+                let body = parquet_bytes(&schema, &batches, &args.parquet)?;
+                let rel = format!("{dir}/{}", file_name(p, first, last));
+                // Merged file first, then the inputs (now covered) go.
+                put_retrying(lake, &rel, body, "compaction", None).await?;
+                for f in &parts {
+                    lake.store
+                        .delete(&lake.path(&format!("{dir}/{}", f.3)))
+                        .await?;
+                }
+                report.merged_files += 1;
+                report.inputs_merged += parts.len();
+                report.rows += rows as u64;
+                m.rows_written
+                    .with_label_values(&[SINK, "compaction"])
+                    .inc_by(rows as u64);
+            }
+        }
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn hour_dirs_are_hive_partitions_in_utc() {
+        assert_eq!(hour_dir("t", 0), "topic=t/date=1970-01-01/hour=00");
+        assert_eq!(hour_dir("t", -1), "topic=t/date=1969-12-31/hour=23");
+        assert_eq!(
+            hour_dir("purchases.enriched", 1_795_996_799_999),
+            "topic=purchases.enriched/date=2026-11-29/hour=23"
+        );
+        assert_eq!(
+            hour_start("topic=t/date=2026-11-29/hour=23"),
+            Some(1_795_993_200_000)
+        );
+    }
+
+    #[test]
+    fn file_names_round_trip_and_reject_garbage() {
+        assert_eq!(parse_file_name(&file_name(3, 10, 99)), Some((3, 10, 99)));
+        for bad in [
+            "x.parquet",
+            "1-2.parquet",
+            "1-9-3.parquet",
+            "1-2-3.csv",
+            "a-1-2.parquet",
+        ] {
+            assert_eq!(parse_file_name(bad), None, "{bad}");
+        }
+        assert_eq!(parse_cut("lake:cut=42"), Some(42));
+        assert_eq!(parse_cut(""), None);
+    }
+
+    #[test]
+    fn covered_files_are_those_inside_another_range_of_the_same_partition() {
+        let files = [
+            (0, 0, 99),
+            (0, 100, 199),
+            (0, 0, 199),
+            (1, 0, 99),
+            (0, 200, 299),
+        ];
+        assert_eq!(covered(&files), vec![true, true, false, false, false]);
+    }
+
+    #[test]
+    fn runs_respect_the_target() {
+        let f = |s: &[u64]| -> Vec<(i64, i64, u64)> {
+            s.iter()
+                .enumerate()
+                .map(|(i, s)| (i as i64 * 10, i as i64 * 10 + 9, *s))
+                .collect()
+        };
+        assert_eq!(plan_runs(&f(&[10, 10, 10]), 100), vec![0..3]);
+        assert_eq!(plan_runs(&f(&[60, 60, 60, 10]), 100), vec![2..4]);
+        assert_eq!(
+            plan_runs(&f(&[200, 10]), 100),
+            Vec::<std::ops::Range<usize>>::new()
+        );
+        assert!(plan_runs(&f(&[]), 100).is_empty());
+    }
+
+    proptest! {
+        /// Merging any runs of a partition's files and keeping the inputs (a crash before the
+        /// deletes): the files a reader keeps cover every offset exactly once.
+        #[test]
+        fn the_reader_rule_sees_each_offset_once(
+            lens in proptest::collection::vec(1i64..20, 1..20),
+            merges in proptest::collection::vec((0usize..20, 1usize..6), 0..4),
+        ) {
+            let mut files = Vec::new();
+            let mut o = 0;
+            for l in &lens {
+                files.push((0, o, o + l - 1));
+                o += l;
+            }
+            let base = files.clone();
+            for (start, n) in merges {
+                if start >= base.len() { continue; }
+                let end = (start + n).min(base.len());
+                let merged = (0, base[start].1, base[end - 1].2);
+                if !files.contains(&merged) { files.push(merged); }
+            }
+            let cov = covered(&files);
+            let mut seen = vec![0u32; o as usize];
+            for (f, c) in files.iter().zip(&cov) {
+                if !c {
+                    for x in f.1..=f.2 { seen[x as usize] += 1; }
+                }
+            }
+            // Overlapping merges (that compaction never makes: it merges disjoint runs) aside,
+            // every offset is read exactly once.
+            let overlapping = files.iter().zip(&cov).filter(|(_, c)| !**c).any(|(a, _)| {
+                files.iter().zip(&cov).filter(|(_, c)| !**c).any(|(b, _)| a != b && a.1 <= b.2 && b.1 <= a.2)
+            });
+            if !overlapping {
+                prop_assert!(seen.iter().all(|s| *s == 1), "{files:?} {seen:?}");
+            }
+        }
+    }
+}

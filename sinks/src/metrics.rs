@@ -1,0 +1,83 @@
+//! Metrics of both sinks, labelled by sink (`scylla`, `lake`) and, where it is bounded, by
+//! table or topic.
+
+use std::sync::OnceLock;
+
+use prometheus::{
+    register_histogram_vec, register_int_counter_vec, register_int_gauge_vec, HistogramVec,
+    IntCounterVec, IntGaugeVec,
+};
+
+pub struct SinkMetrics {
+    /// Records consumed and written (rows upserted / rows in uploaded files), per target.
+    pub rows_written: IntCounterVec,
+    pub write_seconds: HistogramVec,
+    pub in_flight: IntGaugeVec,
+    pub files_written: IntCounterVec,
+    pub bytes_written: IntCounterVec,
+    pub retries: IntCounterVec,
+    pub dead_lettered: IntCounterVec,
+    pub commits: IntCounterVec,
+    pub lag: IntGaugeVec,
+}
+
+impl SinkMetrics {
+    pub fn get() -> &'static SinkMetrics {
+        static M: OnceLock<SinkMetrics> = OnceLock::new();
+        M.get_or_init(|| SinkMetrics::register().expect("sink metrics register once"))
+    }
+
+    fn register() -> prometheus::Result<Self> {
+        Ok(SinkMetrics {
+            rows_written: register_int_counter_vec!(
+                "cartstream_sink_rows_written_total",
+                "Rows written (CQL upserts, or rows of uploaded Parquet files), by sink and target",
+                &["sink", "target"]
+            )?,
+            write_seconds: register_histogram_vec!(
+                "cartstream_sink_write_seconds",
+                "Latency of one write (a CQL upsert, or one Parquet upload), retries included",
+                &["sink"],
+                vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0, 30.0
+                ]
+            )?,
+            in_flight: register_int_gauge_vec!(
+                "cartstream_sink_in_flight_writes",
+                "Writes started and not finished",
+                &["sink"]
+            )?,
+            files_written: register_int_counter_vec!(
+                "cartstream_sink_files_written_total",
+                "Files uploaded to the object store, by kind (flush or compaction)",
+                &["sink", "kind"]
+            )?,
+            bytes_written: register_int_counter_vec!(
+                "cartstream_sink_bytes_written_total",
+                "Bytes uploaded to the object store",
+                &["sink", "kind"]
+            )?,
+            retries: register_int_counter_vec!(
+                "cartstream_sink_retries_total",
+                "Writes or commits retried after a transient error",
+                &["sink", "what"]
+            )?,
+            dead_lettered: register_int_counter_vec!(
+                "cartstream_sink_dead_lettered_total",
+                "Records sent to the dead-letter topic, by error code",
+                &["sink", "code"]
+            )?,
+            commits: register_int_counter_vec!(
+                "cartstream_sink_commits_total",
+                "Offset commits after successful writes",
+                &["sink"]
+            )?,
+            lag: register_int_gauge_vec!(
+                "cartstream_sink_commit_lag_records",
+                "Records between the committed offset and the end of each input partition",
+                &["sink", "topic", "partition"]
+            )?,
+        })
+    }
+}
