@@ -1,0 +1,777 @@
+//! `cartstream-windower`: event-time KPI windows per dimension value, exact, exactly once.
+//!
+//! Reads `purchases.enriched`, writes final (and optionally early) window results to
+//! `kpi.windows` and events later than the grace period to `purchases.late`. Two stages run in
+//! this one process, each on the shared transactional loop with its own consumer group (see
+//! `cartstream_processors::win_stage` for why this is exact):
+//!
+//! 1. `windower-pre` (group `<group>-pre`) reads the enriched events, keeps a watermark per input
+//!    partition, sets late events aside and writes per-batch partial aggregates per
+//!    (dimension value, pane) to the internal topic `<group>-pre.repartition`, keyed by the
+//!    dimension value, followed by a watermark marker broadcast to every partition of it. A
+//!    partition without records for `--idle-timeout` adopts the lowest watermark of this
+//!    instance's active partitions, so it stops holding windows open. Its state (the watermark of
+//!    each input partition) is in the compacted `<group>-pre.changelog`.
+//! 2. `windower` (group `<group>`) reads the repartition topic, merges partials into panes and
+//!    emits a window when the minimum watermark over all input partitions passes its end plus
+//!    grace. Its state (panes with exact user sets, upstream watermarks) is in the compacted
+//!    `<group>.changelog`, written in the same transaction as the outputs and restored on
+//!    assignment, so results are exact across `kill -9` and rebalances.
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use cartstream_events::types::{Dimension, EnrichedEvent, KpiWindow, LateEvent};
+use cartstream_events::{Decoder, Encoder, Registry};
+use cartstream_kafka::admin::{self, TopicSpec};
+use cartstream_kafka::{read, KafkaArgs, Topic};
+use cartstream_processors::win_stage::{
+    self, encode_marks, pane_state_key, GroupKey, MergeState, PartitionMark, PreStage,
+    Repartitioned, StateChange, WinConfig, WindowResult,
+};
+use cartstream_processors::window::WindowSpec;
+use cartstream_stream::{
+    Input, LoopArgs, Output, ProcessError, Processor, ProcessorArgs, StageMetrics, Topology,
+};
+use clap::Parser;
+use prometheus::{register_int_counter_vec, IntCounterVec};
+use rdkafka::Message;
+
+const STAGE_PRE: &str = "windower-pre";
+const STAGE: &str = "windower";
+const MARK_KEY: &[u8] = b"wm";
+
+/// Parses `500ms`, `30s`, `1m`, `10m`, `1h` or plain milliseconds.
+fn parse_ms(s: &str) -> Result<i64, String> {
+    let s = s.trim();
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, ""), |i| s.split_at(i));
+    let n: i64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration (e.g. 500ms, 30s, 1m, 10m, 1h)"))?;
+    let mult = match unit {
+        "" | "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        other => return Err(format!("unknown unit '{other}' in '{s}' (ms, s, m, h)")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("'{s}' is too long"))
+}
+
+#[derive(Parser)]
+#[command(
+    name = "cartstream-windower",
+    version,
+    about = "Event-time KPI windows (tumbling or hopping) per dimension value, exact, exactly once; \
+             late events to purchases.late"
+)]
+struct Cli {
+    #[command(flatten)]
+    common: ProcessorArgs,
+    /// Window size (e.g. 1m, 10m, 30s, 500ms).
+    #[arg(long, env = "WINDOW_SIZE", default_value = "1m", value_parser = parse_ms)]
+    window_size: i64,
+    /// Window slide: hopping windows of --window-size every --window-slide (the size must be a
+    /// multiple of it) [default: the size, i.e. tumbling].
+    #[arg(long, env = "WINDOW_SLIDE", value_parser = parse_ms)]
+    window_slide: Option<i64>,
+    /// How long after its end (in event time, by the watermark) a window still takes events.
+    #[arg(long, env = "GRACE", default_value = "30s", value_parser = parse_ms)]
+    grace: i64,
+    /// Allowed out-of-orderness: a partition's watermark is its highest event time minus this.
+    #[arg(long, env = "MAX_OUT_OF_ORDER", default_value = "5s", value_parser = parse_ms)]
+    max_out_of_order: i64,
+    /// A partition without records for this long (wall clock) stops holding the watermark back:
+    /// it adopts the lowest watermark of the instance's active partitions.
+    #[arg(long, env = "IDLE_TIMEOUT", default_value = "30s", value_parser = parse_ms)]
+    idle_timeout: i64,
+    /// Emit early (is_final=false) results of the open windows that changed, at most this often
+    /// (e.g. 10s) [default: off, final results only].
+    #[arg(long, env = "EARLY_UPDATES", value_parser = parse_ms)]
+    early_updates: Option<i64>,
+}
+
+struct Metrics {
+    emitted: IntCounterVec,
+    idle: IntCounterVec,
+    stale: IntCounterVec,
+}
+
+impl Metrics {
+    fn register() -> anyhow::Result<Self> {
+        Ok(Metrics {
+            emitted: register_int_counter_vec!(
+                "cartstream_windower_windows_emitted_total",
+                "Window results written to kpi.windows, final or early",
+                &["kind"]
+            )?,
+            idle: register_int_counter_vec!(
+                "cartstream_windower_idle_advances_total",
+                "Watermark advances of an idle input partition to the instance's active ones",
+                &["partition"]
+            )?,
+            stale: register_int_counter_vec!(
+                "cartstream_windower_stale_partials_total",
+                "Partials for windows already final (impossible by design; must stay 0)",
+                &["stage"]
+            )?,
+        })
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn lag_seconds(wm: i64) -> f64 {
+    if wm == i64::MIN {
+        0.0
+    } else {
+        (now_ms() - wm) as f64 / 1000.0
+    }
+}
+
+/// Reads partitions of a compacted changelog to the end.
+async fn read_changelog(
+    kafka: &KafkaArgs,
+    group: &str,
+    topic: &str,
+    partitions: &[i32],
+) -> anyhow::Result<Vec<rdkafka::message::OwnedMessage>> {
+    let mut config = kafka.consumer(&format!("{group}-restore"))?;
+    config.set("enable.partition.eof", "false");
+    let topic = topic.to_string();
+    let wanted = partitions.to_vec();
+    tokio::task::spawn_blocking(move || {
+        read::read_partitions_to_end(&config, &topic, Some(&wanted), Duration::from_secs(300))
+    })
+    .await?
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stage 1
+
+struct Pre {
+    decoder: Decoder<EnrichedEvent>,
+    late_encoder: Encoder<LateEvent>,
+    stage: PreStage,
+    late_topic: String,
+    repartition: String,
+    repartition_partitions: i32,
+    changelog: String,
+    last_seen: HashMap<i32, Instant>,
+    idle_timeout: Duration,
+    kafka: KafkaArgs,
+    group: String,
+    metrics: Arc<Metrics>,
+}
+
+impl Processor for Pre {
+    async fn on_assigned(&mut self, partitions: &[(String, i32)]) -> anyhow::Result<()> {
+        let ids: Vec<i32> = partitions.iter().map(|(_, p)| *p).collect();
+        let records = read_changelog(&self.kafka, &self.group, &self.changelog, &ids).await?;
+        let mut marks: HashMap<i32, PartitionMark> = HashMap::new();
+        for m in records {
+            if m.key() != Some(MARK_KEY) {
+                continue;
+            }
+            if let Some(mark) = m.payload().and_then(PartitionMark::decode) {
+                marks.insert(m.partition(), mark);
+            }
+        }
+        let now = Instant::now();
+        for p in &ids {
+            self.stage.assign(*p, marks.get(p).copied());
+            self.last_seen.insert(*p, now);
+        }
+        tracing::info!(partitions = ?ids, restored = ?marks, "watermarks restored from {}", self.changelog);
+        Ok(())
+    }
+
+    fn on_revoked(&mut self, partitions: &[(String, i32)]) {
+        for (_, p) in partitions {
+            self.stage.revoke(*p);
+            self.last_seen.remove(p);
+        }
+    }
+
+    async fn process(&mut self, input: &Input<'_>, out: &mut Output) -> Result<(), ProcessError> {
+        let payload = input.payload.unwrap_or_default();
+        let event = match self.decoder.decode(payload).await {
+            Ok(e) => e,
+            Err(e) if e.is_transient() => return Err(ProcessError::Transient(e.into())),
+            Err(e) => {
+                out.dead_letter(input, STAGE_PRE, e.code(), e.to_string(), e.schema_id());
+                return Ok(());
+            }
+        };
+        self.last_seen.insert(input.partition, Instant::now());
+        if let Err(late) = self.stage.observe(input.partition, &event) {
+            let cfg = self.stage.cfg;
+            let record = LateEvent {
+                event,
+                lateness_ms: late.lateness_ms,
+                watermark: late.watermark,
+                window_start: late.window_start,
+                window_end: late.window_end,
+                window_size_ms: cfg.spec.size_ms,
+                window_slide_ms: cfg.spec.slide_ms,
+                grace_ms: cfg.grace_ms,
+                source_topic: input.topic.to_string(),
+                source_partition: input.partition,
+                source_offset: input.offset,
+                detected_at: now_ms(),
+            };
+            let bytes = self
+                .late_encoder
+                .encode(&record)
+                .map_err(|e| ProcessError::Fatal(e.into()))?;
+            out.send(&self.late_topic, input.key, bytes);
+            StageMetrics::get()
+                .late_events
+                .with_label_values(&[STAGE])
+                .inc();
+        }
+        Ok(())
+    }
+
+    async fn on_tick(&mut self, out: &mut Output) -> Result<(), ProcessError> {
+        // Idle partitions adopt the lowest watermark of the active ones.
+        let now = Instant::now();
+        let (active, idle): (Vec<_>, Vec<_>) = self.stage.partitions().partition(|(p, _)| {
+            self.last_seen
+                .get(p)
+                .is_some_and(|t| now.duration_since(*t) < self.idle_timeout)
+        });
+        if let Some(target) = active.iter().map(|(_, m)| m.watermark).min() {
+            if target != i64::MIN {
+                for (p, m) in idle {
+                    if m.watermark < target {
+                        self.stage.advance(p, target);
+                        self.metrics.idle.with_label_values(&[&p.to_string()]).inc();
+                    }
+                }
+            }
+        }
+        let drained = self.stage.drain();
+        let mut key = Vec::with_capacity(64);
+        for (k, pane, agg) in drained.partials {
+            key.clear();
+            k.encode(&mut key);
+            out.send(
+                &self.repartition,
+                Some(&key),
+                Repartitioned::Partial { pane, agg }.encode(),
+            );
+        }
+        for (p, mark) in drained.marks {
+            let marker = Repartitioned::Marker {
+                partition: p,
+                watermark: mark.watermark,
+            }
+            .encode();
+            for r in 0..self.repartition_partitions {
+                out.send_to(&self.repartition, r, Some(MARK_KEY), marker.clone());
+            }
+            out.changelog(&self.changelog, p, MARK_KEY, mark.encode());
+        }
+        let wm = self
+            .stage
+            .partitions()
+            .map(|(_, m)| m.watermark)
+            .min()
+            .unwrap_or(i64::MIN);
+        StageMetrics::get()
+            .watermark_lag
+            .with_label_values(&[STAGE_PRE])
+            .set(lag_seconds(wm));
+        Ok(())
+    }
+
+    fn commit(&mut self) {
+        self.stage.commit();
+    }
+
+    fn rollback(&mut self) {
+        self.stage.rollback();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stage 2
+
+struct Merge {
+    cfg: WinConfig,
+    upstream: usize,
+    states: HashMap<i32, MergeState>,
+    changelog: String,
+    out_topic: String,
+    encoder: Encoder<KpiWindow>,
+    kafka: KafkaArgs,
+    group: String,
+    needs_restore: bool,
+    early_every: Option<Duration>,
+    last_early: Instant,
+    last_gauges: Instant,
+    metrics: Arc<Metrics>,
+}
+
+impl Merge {
+    async fn restore(&mut self, ids: &[i32]) -> anyhow::Result<()> {
+        let records = read_changelog(&self.kafka, &self.group, &self.changelog, ids).await?;
+        let mut fresh: HashMap<i32, MergeState> = ids
+            .iter()
+            .map(|p| (*p, MergeState::new(self.cfg, self.upstream)))
+            .collect();
+        let mut bad = 0usize;
+        for m in &records {
+            let (Some(key), Some(state)) = (m.key(), fresh.get_mut(&m.partition())) else {
+                continue;
+            };
+            if !win_stage::restore_record(state, key, m.payload()) {
+                bad += 1;
+            }
+        }
+        anyhow::ensure!(
+            bad == 0,
+            "{bad} unreadable records in the changelog {}",
+            self.changelog
+        );
+        for (p, mut s) in fresh {
+            s.restored();
+            tracing::info!(
+                partition = p,
+                panes = s.open_panes(),
+                watermark = s.watermark(),
+                "window state restored"
+            );
+            self.states.insert(p, s);
+        }
+        Ok(())
+    }
+
+    async fn restore_if_needed(&mut self) -> Result<(), ProcessError> {
+        if self.needs_restore {
+            let ids: Vec<i32> = self.states.keys().copied().collect();
+            self.restore(&ids).await.map_err(ProcessError::Transient)?;
+            self.needs_restore = false;
+        }
+        Ok(())
+    }
+
+    fn emit(&self, w: &WindowResult, out: &mut Output) -> Result<(), ProcessError> {
+        let spec = self.cfg.spec;
+        let k = &w.key;
+        let record = KpiWindow {
+            window_start: w.window_start,
+            window_end: w.window_start + spec.size_ms,
+            window_size_ms: spec.size_ms,
+            window_slide_ms: spec.slide_ms,
+            dimension: k.dimension,
+            dimension_value: k.value.clone(),
+            views: w.agg.views,
+            carts: w.agg.carts,
+            removals: w.agg.removals,
+            purchases: w.agg.purchases,
+            units: w.agg.units,
+            revenue: w.agg.revenue(),
+            currency: k.currency.clone(),
+            avg_price: w.agg.avg_price(),
+            conversion_rate: w.agg.conversion_rate(),
+            distinct_users: w.agg.users.len() as i64,
+            is_final: w.is_final,
+            emitted_at: now_ms(),
+        };
+        let bytes = self
+            .encoder
+            .encode(&record)
+            .map_err(|e| ProcessError::Fatal(e.into()))?;
+        let key = window_key(
+            k.dimension,
+            &k.value,
+            w.window_start,
+            spec.size_ms,
+            &k.currency,
+        );
+        out.send(&self.out_topic, Some(key.as_bytes()), bytes);
+        Ok(())
+    }
+}
+
+/// Record key of a window result: `dimension/value/window_start/size/currency`.
+fn window_key(d: Dimension, value: &str, start: i64, size: i64, currency: &str) -> String {
+    format!(
+        "{}/{value}/{start}/{size}/{currency}",
+        win_stage::dimension_name(d)
+    )
+}
+
+impl Processor for Merge {
+    async fn on_assigned(&mut self, partitions: &[(String, i32)]) -> anyhow::Result<()> {
+        let ids: Vec<i32> = partitions.iter().map(|(_, p)| *p).collect();
+        self.restore(&ids).await
+    }
+
+    fn on_revoked(&mut self, partitions: &[(String, i32)]) {
+        for (_, p) in partitions {
+            self.states.remove(p);
+        }
+    }
+
+    async fn process(&mut self, input: &Input<'_>, out: &mut Output) -> Result<(), ProcessError> {
+        self.restore_if_needed().await?;
+        let decoded = input.payload.and_then(Repartitioned::decode);
+        let Some(state) = self.states.get_mut(&input.partition) else {
+            return Ok(());
+        };
+        match decoded {
+            Some(Repartitioned::Marker {
+                partition,
+                watermark,
+            }) => state.apply_marker(partition, watermark),
+            Some(Repartitioned::Partial { pane, agg }) => {
+                match input.key.and_then(GroupKey::decode) {
+                    Some(k) => state.apply_partial(k, pane, &agg),
+                    None => out.dead_letter(
+                        input,
+                        STAGE,
+                        "bad_repartition_key",
+                        "partial aggregate without a readable group key".into(),
+                        None,
+                    ),
+                }
+            }
+            None => out.dead_letter(
+                input,
+                STAGE,
+                "bad_repartition_record",
+                "not a partial aggregate or watermark marker".into(),
+                None,
+            ),
+        }
+        Ok(())
+    }
+
+    async fn on_tick(&mut self, out: &mut Output) -> Result<(), ProcessError> {
+        self.restore_if_needed().await?;
+        let early = self
+            .early_every
+            .is_some_and(|every| self.last_early.elapsed() >= every);
+        if early {
+            self.last_early = Instant::now();
+        }
+        let mut parts: Vec<i32> = self.states.keys().copied().collect();
+        parts.sort_unstable();
+        let mut results = Vec::new();
+        let mut changes = Vec::new();
+        let mut stale = 0;
+        for p in &parts {
+            let Some(state) = self.states.get_mut(p) else {
+                continue;
+            };
+            results.extend(state.close());
+            if early {
+                results.extend(state.early_updates());
+            }
+            changes.push((*p, state.changes()));
+            stale += std::mem::take(&mut state.stale);
+        }
+        for w in &results {
+            self.emit(w, out)?;
+            self.metrics
+                .emitted
+                .with_label_values(&[if w.is_final { "final" } else { "early" }])
+                .inc();
+        }
+        for (p, ch) in changes {
+            for c in ch {
+                match c {
+                    StateChange::Pane { pane, key, agg } => {
+                        let k = pane_state_key(pane, &key);
+                        match agg {
+                            Some(a) => {
+                                let mut v = Vec::with_capacity(64 + a.users.len() * 8);
+                                win_stage::encode_agg(&a, &mut v);
+                                out.changelog(&self.changelog, p, &k, v);
+                            }
+                            None => out.changelog_delete(&self.changelog, p, &k),
+                        }
+                    }
+                    StateChange::Marks(m) => out.changelog(
+                        &self.changelog,
+                        p,
+                        win_stage::MARKS_STATE_KEY,
+                        encode_marks(&m),
+                    ),
+                }
+            }
+        }
+        if stale > 0 {
+            self.metrics.stale.with_label_values(&[STAGE]).inc_by(stale);
+            tracing::error!(stale, "partials for final windows (a bug): not counted");
+        }
+        if self.last_gauges.elapsed() >= Duration::from_secs(2) {
+            self.last_gauges = Instant::now();
+            let m = StageMetrics::get();
+            let wm = self
+                .states
+                .values()
+                .map(MergeState::watermark)
+                .min()
+                .unwrap_or(i64::MIN);
+            m.watermark_lag
+                .with_label_values(&[STAGE])
+                .set(lag_seconds(wm));
+            m.open_windows.with_label_values(&[STAGE]).set(
+                self.states
+                    .values()
+                    .map(MergeState::open_windows)
+                    .sum::<usize>() as i64,
+            );
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self) {}
+
+    fn rollback(&mut self) {
+        // Changes since the last commit are not separable: rebuild from the changelog (which
+        // holds exactly the committed state) before the next record.
+        self.needs_restore = true;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    cartstream_runtime::exit_code(run(cli).await)
+}
+
+/// Creates the internal topics (as many partitions as the input) if missing.
+async fn ensure_internal(
+    kafka: &KafkaArgs,
+    input: &str,
+    repartition: &str,
+    changelogs: &[&str],
+) -> anyhow::Result<i32> {
+    let client = admin::admin_client(&kafka.admin()?)?;
+    let counts = admin::partition_counts(&client, Duration::from_secs(30))?;
+    let partitions = *counts.get(input).with_context(|| {
+        format!("input topic {input} does not exist: run cartstream-admin bootstrap")
+    })?;
+    let replication = i32::try_from(
+        client
+            .inner()
+            .fetch_metadata(None, Duration::from_secs(10))?
+            .brokers()
+            .len()
+            .min(3),
+    )?;
+    let mut specs = vec![TopicSpec {
+        name: repartition.to_string(),
+        partitions,
+        replication,
+        configs: vec![
+            ("cleanup.policy", "delete".to_string()),
+            ("retention.ms", (7 * 24 * 3_600_000i64).to_string()),
+        ],
+    }];
+    for c in changelogs {
+        specs.push(TopicSpec {
+            name: (*c).to_string(),
+            partitions,
+            replication,
+            configs: vec![
+                ("cleanup.policy", "compact".to_string()),
+                ("min.cleanable.dirty.ratio", "0.1".to_string()),
+                ("segment.ms", (3_600_000).to_string()),
+            ],
+        });
+    }
+    admin::ensure_topics(&client, &specs, Duration::from_secs(30)).await?;
+    if let Some(r) = admin::partition_counts(&client, Duration::from_secs(30))?.get(repartition) {
+        anyhow::ensure!(
+            *r == partitions,
+            "{repartition} has {r} partitions, {input} {partitions}: recreate it"
+        );
+    }
+    Ok(partitions)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let c = &cli.common;
+    let spec = WindowSpec::hopping(cli.window_size, cli.window_slide.unwrap_or(cli.window_size))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    anyhow::ensure!(cli.grace >= 0, "--grace must not be negative");
+    anyhow::ensure!(
+        cli.max_out_of_order >= 0,
+        "--max-out-of-order must not be negative"
+    );
+    anyhow::ensure!(cli.idle_timeout > 0, "--idle-timeout must be positive");
+    let cfg = WinConfig {
+        spec,
+        grace_ms: cli.grace,
+        out_of_order_ms: cli.max_out_of_order,
+    };
+    let service = c.service.init("cartstream-windower").await?;
+    let registry: Arc<Registry> = c.registry.connect()?;
+    let names = &c.names;
+    let metrics = Arc::new(Metrics::register()?);
+
+    let merge_group = c.group(STAGE);
+    let pre_group = match &c.stream.group {
+        Some(g) => format!("{g}-pre"),
+        None => c.group(STAGE_PRE),
+    };
+    let input = names.name(Topic::Enriched);
+    let repartition = format!("{pre_group}.repartition");
+    let pre_changelog = format!("{pre_group}.changelog");
+    let merge_changelog = format!("{merge_group}.changelog");
+    let k = c.kafka.clone();
+    tokio::task::spawn_blocking(move || k.check(Duration::from_secs(30))).await??;
+    let partitions = ensure_internal(
+        &c.kafka,
+        &input,
+        &repartition,
+        &[&pre_changelog, &merge_changelog],
+    )
+    .await?;
+    tracing::info!(
+        size_ms = spec.size_ms,
+        slide_ms = spec.slide_ms,
+        grace_ms = cfg.grace_ms,
+        out_of_order_ms = cfg.out_of_order_ms,
+        partitions,
+        %repartition,
+        "windows"
+    );
+
+    let pre = Pre {
+        decoder: Decoder::new(registry.clone()),
+        late_encoder: Encoder::register(&registry, &names.subject(Topic::Late)).await?,
+        stage: PreStage::new(cfg),
+        late_topic: names.name(Topic::Late),
+        repartition: repartition.clone(),
+        repartition_partitions: partitions,
+        changelog: pre_changelog,
+        last_seen: HashMap::new(),
+        idle_timeout: Duration::from_millis(cli.idle_timeout as u64),
+        kafka: c.kafka.clone(),
+        group: pre_group.clone(),
+        metrics: metrics.clone(),
+    };
+    let merge = Merge {
+        cfg,
+        upstream: usize::try_from(partitions)?,
+        states: HashMap::new(),
+        changelog: merge_changelog,
+        out_topic: names.name(Topic::KpiWindows),
+        encoder: Encoder::register(&registry, &names.subject(Topic::KpiWindows)).await?,
+        kafka: c.kafka.clone(),
+        group: merge_group.clone(),
+        needs_restore: false,
+        early_every: cli
+            .early_updates
+            .map(|ms| Duration::from_millis(ms.max(0) as u64)),
+        last_early: Instant::now(),
+        last_gauges: Instant::now(),
+        metrics,
+    };
+    let dlq = names.name(Topic::DeadLetters);
+    let dlq_subject = names.subject(Topic::DeadLetters);
+    let pre_inputs = [input];
+    let merge_inputs = [repartition];
+    let pre_args = LoopArgs {
+        group: Some(pre_group.clone()),
+        ..c.stream.clone()
+    };
+    let merge_args = LoopArgs {
+        group: Some(merge_group.clone()),
+        ..c.stream.clone()
+    };
+    let stage1 = cartstream_stream::run(
+        Topology {
+            stage: STAGE_PRE,
+            group: &pre_group,
+            inputs: &pre_inputs,
+            dead_letter_topic: &dlq,
+            dead_letter_subject: &dlq_subject,
+        },
+        &pre_args,
+        &c.kafka,
+        &registry,
+        pre,
+        &service.shutdown,
+        &service.health,
+    );
+    let stage2 = cartstream_stream::run(
+        Topology {
+            stage: STAGE,
+            group: &merge_group,
+            inputs: &merge_inputs,
+            dead_letter_topic: &dlq,
+            dead_letter_subject: &dlq_subject,
+        },
+        &merge_args,
+        &c.kafka,
+        &registry,
+        merge,
+        &service.shutdown,
+        &service.health,
+    );
+    // Both loops run until shutdown; if one fails, stop the other too.
+    let (a, b) = tokio::join!(
+        async {
+            let r = stage1.await;
+            if r.is_err() {
+                service.shutdown.trigger();
+            }
+            r
+        },
+        async {
+            let r = stage2.await;
+            if r.is_err() {
+                service.shutdown.trigger();
+            }
+            r
+        }
+    );
+    a.context("stage windower-pre")?;
+    b.context("stage windower")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_ms("1m"), Ok(60_000));
+        assert_eq!(parse_ms("500ms"), Ok(500));
+        assert_eq!(parse_ms("30s"), Ok(30_000));
+        assert_eq!(parse_ms("2h"), Ok(7_200_000));
+        assert_eq!(parse_ms("250"), Ok(250));
+        assert!(parse_ms("1d").is_err());
+        assert!(parse_ms("m").is_err());
+    }
+
+    #[test]
+    fn window_keys_name_the_window() {
+        assert_eq!(
+            window_key(Dimension::Product, "42", 60_000, 60_000, "USD"),
+            "product/42/60000/60000/USD"
+        );
+    }
+}
