@@ -5,6 +5,7 @@
 #   scripts/stack.sh install   fetch what is missing (Maven Central, Debian apt); a fast no-op when done
 #   scripts/stack.sh up        install if needed, then start kafka -> registry -> cassandra -> prometheus
 #   scripts/stack.sh down      stop them in reverse order by recorded PID (TERM, 30 s, then KILL)
+#   scripts/stack.sh stop NAME / start NAME   stop or start one server (e.g. cassandra, for outage tests)
 #   scripts/stack.sh status    one line per server with a real health probe; exit 1 if any is down
 #   scripts/stack.sh clean     down, then delete data/logs/pids (keeps installs); `clean --all` deletes .stack/
 #   scripts/stack.sh env       print the connection settings (eval "$(scripts/stack.sh env)")
@@ -659,7 +660,7 @@ cmd_smoke() {
   ((SMOKE_FAILED == 0))
 }
 
-usage() { sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 # Serialises install/up/down/clean: two CI steps or terminals running `up` at once would otherwise both
 # start a Kafka. The lock is released when the script exits.
@@ -676,6 +677,10 @@ main() {
     install) lock; cmd_install ;;
     up) lock; cmd_up ;;
     down) lock; cmd_down ;;
+    stop | start)
+      [[ " ${SERVERS[*]} " == *" ${1:-} "* ]] || die "$cmd needs one of: ${SERVERS[*]}"
+      lock
+      if [[ $cmd == stop ]]; then stop_one "$1"; else up_one "$1"; fi ;;
     status) cmd_status ;;
     clean) lock; cmd_clean "$@" ;;
     env) cmd_env ;;
