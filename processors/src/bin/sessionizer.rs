@@ -34,7 +34,7 @@ use cartstream_events::{wire, Decoder, Encoder, Registry};
 use cartstream_kafka::admin::{self, TopicSpec};
 use cartstream_kafka::{read, KafkaArgs, Topic};
 use cartstream_processors::session::{parse_duration_ms, SessionConfig, Sessions};
-use cartstream_stream::{Input, Output, ProcessError, Processor, ProcessorArgs};
+use cartstream_stream::{Input, Output, ProcessError, Processor, ProcessorArgs, StageMetrics};
 use clap::Parser;
 use prometheus::{register_int_counter_vec, register_int_gauge_vec, IntCounterVec, IntGaugeVec};
 use rdkafka::Message;
@@ -68,10 +68,9 @@ struct Cli {
     idle_wall_advance: bool,
 }
 
+/// Metrics of this stage besides the loop's (`StageMetrics`: watermark lag, late events).
 struct Metrics {
     open: IntGaugeVec,
-    lag: IntGaugeVec,
-    late: IntCounterVec,
     closed: IntCounterVec,
 }
 
@@ -81,16 +80,6 @@ impl Metrics {
             open: register_int_gauge_vec!(
                 "cartstream_processor_open_sessions",
                 "Sessions open in memory, waiting for the watermark",
-                &["stage"]
-            )?,
-            lag: register_int_gauge_vec!(
-                "cartstream_processor_watermark_lag_seconds",
-                "Wall clock minus the event-time watermark, per input partition",
-                &["stage", "partition"]
-            )?,
-            late: register_int_counter_vec!(
-                "cartstream_processor_late_events_total",
-                "Events later than the grace period (dead-lettered as late_event)",
                 &["stage"]
             )?,
             closed: register_int_counter_vec!(
@@ -199,10 +188,6 @@ impl Processor for Sessionizer {
     fn on_revoked(&mut self, partitions: &[(String, i32)]) {
         for (_, p) in partitions {
             self.parts.remove(p);
-            let _ = self
-                .metrics
-                .lag
-                .remove_label_values(&[STAGE, &p.to_string()]);
         }
     }
 
@@ -258,6 +243,7 @@ impl Processor for Sessionizer {
         let wall_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
+        let mut slowest = i64::MAX;
         for (p, part) in self.parts.iter_mut() {
             if now.duration_since(part.last_record) >= self.idle_timeout {
                 if front != i64::MIN {
@@ -291,11 +277,14 @@ impl Processor for Sessionizer {
             }
             let wm = part.sessions.watermark();
             if wm != i64::MIN {
-                self.metrics
-                    .lag
-                    .with_label_values(&[STAGE, &p.to_string()])
-                    .set((wall_ms - wm) / 1000);
+                slowest = slowest.min(wm);
             }
+        }
+        if slowest != i64::MAX {
+            StageMetrics::get()
+                .watermark_lag
+                .with_label_values(&[STAGE])
+                .set((wall_ms - slowest) as f64 / 1000.0);
         }
         self.metrics
             .open
@@ -306,8 +295,8 @@ impl Processor for Sessionizer {
 
     fn commit(&mut self) {
         // The state already holds the batch's changes; count what became final.
-        self.metrics
-            .late
+        StageMetrics::get()
+            .late_events
             .with_label_values(&[STAGE])
             .inc_by(std::mem::take(&mut self.late));
     }
