@@ -1,0 +1,452 @@
+//! From `kpi.windows` records to one value per base period and series.
+//!
+//! [`Aggregator`] takes final tumbling windows of one size (dividing the period) for the chosen
+//! dimensions, keeps the latest record per window (a re-delivered window replaces itself instead
+//! of counting twice), and closes a period once every partition that is not at its end has
+//! delivered a window starting at or after the period's end: partitions are read interleaved, so
+//! one partition's progress alone does not close a period. [`History`] holds the closed periods
+//! of every series aligned on one period index, bounded to a capacity.
+
+use std::collections::{BTreeMap, HashMap};
+
+use cartstream_events::types::{Dimension, KpiWindow};
+
+/// One period's figures of one series.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Obs {
+    pub purchases: f64,
+    pub units: f64,
+    pub revenue: f64,
+}
+
+impl Obs {
+    fn add(&mut self, o: &Obs) {
+        self.purchases += o.purchases;
+        self.units += o.units;
+        self.revenue += o.revenue;
+    }
+}
+
+/// The series key of a window: `category/<value>` or `product/<value>`.
+pub fn series_key(dimension: Dimension, value: &str) -> Option<String> {
+    match dimension {
+        Dimension::Category => Some(format!("category/{value}")),
+        Dimension::Product => Some(format!("product/{value}")),
+        _ => None,
+    }
+}
+
+/// What became of one record (the label of `cartstream_model_input_records_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepted {
+    Used,
+    NotFinal,
+    OtherDimension,
+    OtherWindowSize,
+    /// Its period was already closed.
+    Late,
+    Invalid,
+}
+
+impl Accepted {
+    pub fn label(self) -> &'static str {
+        match self {
+            Accepted::Used => "used",
+            Accepted::NotFinal => "not_final",
+            Accepted::OtherDimension => "other_dimension",
+            Accepted::OtherWindowSize => "other_window_size",
+            Accepted::Late => "late",
+            Accepted::Invalid => "invalid",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct PartitionProgress {
+    max_start: Option<i64>,
+    at_end: bool,
+}
+
+/// Open periods being filled.
+#[derive(Debug)]
+pub struct Aggregator {
+    period_ms: i64,
+    window_size_ms: i64,
+    products: bool,
+    /// period index -> series -> window start -> latest figures
+    open: BTreeMap<i64, HashMap<String, HashMap<i64, Obs>>>,
+    partitions: HashMap<i32, PartitionProgress>,
+    /// Periods below this index are closed.
+    closed_below: Option<i64>,
+}
+
+impl Aggregator {
+    /// `window_size_ms` must divide `period_ms`; `products` also keeps product series.
+    pub fn new(period_ms: i64, window_size_ms: i64, products: bool) -> Result<Self, String> {
+        if period_ms <= 0 || window_size_ms <= 0 || period_ms % window_size_ms != 0 {
+            return Err(format!(
+                "window size {window_size_ms} ms must divide the period {period_ms} ms"
+            ));
+        }
+        Ok(Aggregator {
+            period_ms,
+            window_size_ms,
+            products,
+            open: BTreeMap::new(),
+            partitions: HashMap::new(),
+            closed_below: None,
+        })
+    }
+
+    pub fn period_ms(&self) -> i64 {
+        self.period_ms
+    }
+
+    /// Takes one record read from `partition`.
+    pub fn accept(&mut self, partition: i32, w: &KpiWindow) -> Accepted {
+        if !w.is_final {
+            return Accepted::NotFinal;
+        }
+        // Final windows of any dimension show how far this partition's event time got.
+        let progress = self.partitions.entry(partition).or_default();
+        progress.at_end = false;
+        progress.max_start = Some(
+            progress
+                .max_start
+                .map_or(w.window_start, |m| m.max(w.window_start)),
+        );
+        let key = match w.dimension {
+            Dimension::Category => series_key(w.dimension, &w.dimension_value),
+            Dimension::Product if self.products => series_key(w.dimension, &w.dimension_value),
+            _ => None,
+        };
+        let Some(key) = key else {
+            return Accepted::OtherDimension;
+        };
+        if w.window_size_ms != self.window_size_ms || w.window_slide_ms != w.window_size_ms {
+            return Accepted::OtherWindowSize;
+        }
+        let valid = w.window_start.rem_euclid(self.window_size_ms) == 0
+            && w.purchases >= 0
+            && w.units >= 0
+            && w.revenue.is_finite()
+            && w.revenue >= 0.0
+            && !w.dimension_value.is_empty()
+            && w.dimension_value.len() <= 256;
+        if !valid {
+            return Accepted::Invalid;
+        }
+        let idx = w.window_start.div_euclid(self.period_ms);
+        if self.closed_below.is_some_and(|c| idx < c) {
+            return Accepted::Late;
+        }
+        self.open
+            .entry(idx)
+            .or_default()
+            .entry(key)
+            .or_default()
+            .insert(
+                w.window_start,
+                Obs {
+                    purchases: w.purchases as f64,
+                    units: w.units as f64,
+                    revenue: w.revenue,
+                },
+            );
+        Accepted::Used
+    }
+
+    /// The partition has no more records for now: it no longer holds periods open.
+    pub fn partition_at_end(&mut self, partition: i32) {
+        self.partitions.entry(partition).or_default().at_end = true;
+    }
+
+    /// Start of the first period not known to be complete.
+    fn watermark(&self) -> Option<i64> {
+        let busy: Vec<i64> = self
+            .partitions
+            .values()
+            .filter(|p| !p.at_end)
+            .filter_map(|p| p.max_start)
+            .collect();
+        if busy.is_empty() {
+            // Every partition is at its end: the newest window seen may still be incomplete.
+            self.partitions.values().filter_map(|p| p.max_start).max()
+        } else {
+            busy.into_iter().min()
+        }
+    }
+
+    /// Closes and returns every complete period, oldest first, with the figures of each series.
+    pub fn drain_closed(&mut self) -> Vec<(i64, HashMap<String, Obs>)> {
+        let Some(wm) = self.watermark() else {
+            return Vec::new();
+        };
+        let limit = wm.div_euclid(self.period_ms); // periods < limit are complete
+        let mut out = Vec::new();
+        while let Some((&idx, _)) = self.open.first_key_value() {
+            if idx >= limit {
+                break;
+            }
+            let Some((idx, series)) = self.open.pop_first() else {
+                break;
+            };
+            let summed = series
+                .into_iter()
+                .map(|(k, windows)| {
+                    let mut o = Obs::default();
+                    windows.values().for_each(|w| o.add(w));
+                    (k, o)
+                })
+                .collect();
+            out.push((idx, summed));
+        }
+        if self.closed_below.is_none_or(|c| c < limit) {
+            self.closed_below = Some(limit);
+        }
+        out
+    }
+}
+
+/// The closed history of one series: purchases, revenue and average unit price (NaN without
+/// purchases) per period.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SeriesData {
+    pub purchases: Vec<f64>,
+    pub revenue: Vec<f64>,
+    pub price: Vec<f64>,
+}
+
+impl SeriesData {
+    fn push(&mut self, o: &Obs) {
+        self.purchases.push(o.purchases);
+        self.revenue.push(o.revenue);
+        self.price.push(if o.units > 0.0 {
+            o.revenue / o.units
+        } else {
+            f64::NAN
+        });
+    }
+
+    fn trim_front(&mut self, n: usize) {
+        self.purchases.drain(..n);
+        self.revenue.drain(..n);
+        self.price.drain(..n);
+    }
+}
+
+/// Closed periods of every series, aligned: position `i` of every series is period `first + i`.
+#[derive(Debug, Clone)]
+pub struct History {
+    pub period_ms: i64,
+    pub first: i64,
+    pub len: usize,
+    pub capacity: usize,
+    pub series: BTreeMap<String, SeriesData>,
+}
+
+impl History {
+    pub fn new(period_ms: i64, capacity: usize) -> Self {
+        History {
+            period_ms,
+            first: 0,
+            len: 0,
+            capacity: capacity.max(1),
+            series: BTreeMap::new(),
+        }
+    }
+
+    /// Index of the next period to be pushed.
+    pub fn next_index(&self) -> i64 {
+        self.first + self.len as i64
+    }
+
+    /// Appends closed period `idx`; missing periods in between are filled with zeros (nothing was
+    /// sold), series absent from `obs` get zero, new series get zeros for the past. Periods older
+    /// than the last one are ignored (returns false).
+    pub fn push(&mut self, idx: i64, obs: &HashMap<String, Obs>) -> bool {
+        if self.len == 0 {
+            self.first = idx;
+        } else if idx < self.next_index() {
+            return false;
+        }
+        let zero = Obs::default();
+        // A gap longer than the capacity restarts the history at `idx`.
+        let gap = (idx - self.next_index()).max(0) as usize;
+        if gap >= self.capacity {
+            self.series.clear();
+            self.first = idx;
+            self.len = 0;
+        } else {
+            for _ in 0..gap {
+                for s in self.series.values_mut() {
+                    s.push(&zero);
+                }
+                self.len += 1;
+            }
+        }
+        for k in obs.keys() {
+            if !self.series.contains_key(k) {
+                let mut s = SeriesData::default();
+                for _ in 0..self.len {
+                    s.push(&zero);
+                }
+                self.series.insert(k.clone(), s);
+            }
+        }
+        for (k, s) in self.series.iter_mut() {
+            s.push(obs.get(k).unwrap_or(&zero));
+        }
+        self.len += 1;
+        if self.len > self.capacity + 64 {
+            let excess = self.len - self.capacity;
+            self.series.values_mut().for_each(|s| s.trim_front(excess));
+            self.first += excess as i64;
+            self.len -= excess;
+        }
+        true
+    }
+
+    /// Absolute period index of position `i`.
+    pub fn index_of(&self, i: usize) -> i64 {
+        self.first + i as i64
+    }
+
+    pub fn period_start_ms(&self, idx: i64) -> i64 {
+        idx * self.period_ms
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub fn window(dim: Dimension, value: &str, start: i64, size: i64, purchases: i64) -> KpiWindow {
+        KpiWindow {
+            window_start: start,
+            window_end: start + size,
+            window_size_ms: size,
+            window_slide_ms: size,
+            dimension: dim,
+            dimension_value: value.into(),
+            views: 10 * purchases,
+            carts: 2 * purchases,
+            removals: 0,
+            purchases,
+            units: purchases,
+            revenue: 10.0 * purchases as f64,
+            currency: "USD".into(),
+            avg_price: Some(10.0),
+            conversion_rate: None,
+            distinct_users: purchases,
+            is_final: true,
+            emitted_at: start + size,
+        }
+    }
+
+    #[test]
+    fn sub_period_windows_sum_and_redeliveries_replace() {
+        let mut a = Aggregator::new(60_000, 10_000, false).unwrap();
+        for i in 0..6 {
+            assert_eq!(
+                a.accept(
+                    0,
+                    &window(Dimension::Category, "toys", i * 10_000, 10_000, 2)
+                ),
+                Accepted::Used
+            );
+        }
+        // the same window again (a replay) replaces itself
+        assert_eq!(
+            a.accept(0, &window(Dimension::Category, "toys", 0, 10_000, 2)),
+            Accepted::Used
+        );
+        assert!(a.drain_closed().is_empty(), "period 0 not complete yet");
+        a.accept(0, &window(Dimension::Category, "toys", 60_000, 10_000, 1));
+        let closed = a.drain_closed();
+        assert_eq!(closed.len(), 1);
+        assert_eq!(closed[0].0, 0);
+        assert_eq!(closed[0].1["category/toys"].purchases, 12.0);
+        assert_eq!(closed[0].1["category/toys"].revenue, 120.0);
+        // a record of a closed period is late
+        assert_eq!(
+            a.accept(0, &window(Dimension::Category, "toys", 0, 10_000, 2)),
+            Accepted::Late
+        );
+    }
+
+    #[test]
+    fn filters_by_dimension_size_and_finality() {
+        let mut a = Aggregator::new(60_000, 60_000, false).unwrap();
+        assert_eq!(
+            a.accept(0, &window(Dimension::Brand, "x", 0, 60_000, 1)),
+            Accepted::OtherDimension
+        );
+        assert_eq!(
+            a.accept(0, &window(Dimension::Product, "7", 0, 60_000, 1)),
+            Accepted::OtherDimension
+        );
+        assert_eq!(
+            a.accept(0, &window(Dimension::Category, "x", 0, 30_000, 1)),
+            Accepted::OtherWindowSize
+        );
+        let mut early = window(Dimension::Category, "x", 0, 60_000, 1);
+        early.is_final = false;
+        assert_eq!(a.accept(0, &early), Accepted::NotFinal);
+        let mut bad = window(Dimension::Category, "x", 0, 60_000, 1);
+        bad.revenue = f64::NAN;
+        assert_eq!(a.accept(0, &bad), Accepted::Invalid);
+        assert!(Aggregator::new(60_000, 7_000, false).is_err());
+        let mut p = Aggregator::new(60_000, 60_000, true).unwrap();
+        assert_eq!(
+            p.accept(0, &window(Dimension::Product, "7", 0, 60_000, 1)),
+            Accepted::Used
+        );
+    }
+
+    #[test]
+    fn a_lagging_partition_holds_periods_open_until_it_ends() {
+        let mut a = Aggregator::new(60_000, 60_000, false).unwrap();
+        a.accept(0, &window(Dimension::Category, "a", 0, 60_000, 1));
+        a.accept(1, &window(Dimension::Category, "b", 0, 60_000, 1));
+        a.accept(0, &window(Dimension::Category, "a", 60_000, 60_000, 1));
+        a.accept(0, &window(Dimension::Category, "a", 120_000, 60_000, 1));
+        assert!(
+            a.drain_closed().is_empty(),
+            "partition 1 is still at period 0"
+        );
+        a.partition_at_end(1);
+        let closed = a.drain_closed();
+        assert_eq!(closed.iter().map(|c| c.0).collect::<Vec<_>>(), vec![0, 1]);
+        assert_eq!(closed[0].1.len(), 2);
+    }
+
+    #[test]
+    fn history_aligns_fills_gaps_and_is_bounded() {
+        let mut h = History::new(3_600_000, 4);
+        let obs = |k: &str, p: f64| {
+            HashMap::from([(
+                k.to_string(),
+                Obs {
+                    purchases: p,
+                    units: p,
+                    revenue: 2.0 * p,
+                },
+            )])
+        };
+        assert!(h.push(10, &obs("a", 1.0)));
+        assert!(h.push(12, &obs("b", 3.0)));
+        assert!(!h.push(11, &obs("a", 9.0)), "older than the last period");
+        assert_eq!(h.len, 3);
+        assert_eq!(h.series["a"].purchases, vec![1.0, 0.0, 0.0]);
+        assert_eq!(h.series["b"].purchases, vec![0.0, 0.0, 3.0]);
+        assert_eq!(h.series["b"].price[2], 2.0);
+        assert!(h.series["b"].price[0].is_nan());
+        for i in 13..100 {
+            h.push(i, &obs("a", i as f64));
+        }
+        assert!(h.len <= 4 + 64);
+        assert_eq!(h.next_index(), 100);
+        assert_eq!(*h.series["a"].purchases.last().unwrap(), 99.0);
+    }
+}
