@@ -852,6 +852,12 @@ pub fn plan_runs(files: &[(i64, i64, u64)], target: u64) -> Vec<std::ops::Range<
     runs
 }
 
+struct Group {
+    schema: SchemaRef,
+    batches: Vec<RecordBatch>,
+    inputs: Vec<(i64, i64, String)>,
+}
+
 /// Merges the small files of every closed hour of `args.topic` (see the module docs).
 pub async fn compact(
     lake: &Lake,
@@ -899,12 +905,10 @@ pub async fn compact(
             files.sort();
             let sizes: Vec<(i64, i64, u64)> = files.iter().map(|f| (f.0, f.1, f.2)).collect();
             for run in plan_runs(&sizes, args.target_bytes) {
-                let group = &files[run];
-                let mut batches: Vec<RecordBatch> = Vec::new();
-                let mut schema: Option<SchemaRef> = None;
-                let mut parts: Vec<&(i64, i64, u64, String)> = Vec::new();
-                // Files of another schema than the run's first close the run early.
-                for f in group {
+                // A file of another schema than the one before starts a new group: each merged
+                // file has one schema.
+                let mut groups: Vec<Group> = Vec::new();
+                for f in &files[run] {
                     let bytes = lake
                         .store
                         .get(&lake.path(&format!("{dir}/{}", f.3)))
@@ -914,37 +918,49 @@ pub async fn compact(
                     let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
                     let s = builder.schema().clone();
                     let reader = builder.build()?;
-                    if schema.as_ref().is_some_and(|x| x.fields() != s.fields()) {
-                        break;
+                    if groups
+                        .last()
+                        .is_none_or(|g| g.schema.fields() != s.fields())
+                    {
+                        groups.push(Group {
+                            schema: s,
+                            batches: Vec::new(),
+                            inputs: Vec::new(),
+                        });
                     }
-                    schema.get_or_insert(s);
+                    let Some(g) = groups.last_mut() else {
+                        continue;
+                    };
                     for b in reader {
-                        batches.push(b?);
+                        g.batches.push(b?);
                     }
-                    parts.push(f);
+                    g.inputs.push((f.0, f.1, f.3.clone()));
                 }
-                if parts.len() < 2 {
-                    continue;
+                for g in groups.into_iter().filter(|g| g.inputs.len() >= 2) {
+                    let first = g.inputs.iter().map(|f| f.0).min().unwrap_or(0);
+                    let last = g.inputs.iter().map(|f| f.1).max().unwrap_or(0);
+                    let rows: usize = g.batches.iter().map(RecordBatch::num_rows).sum();
+                    let body = parquet_bytes(&g.schema, &g.batches, &args.parquet)?;
+                    let rel = format!("{dir}/{}", file_name(p, first, last));
+                    // Merged file first, then the inputs (now covered) go.
+                    put_retrying(lake, &rel, body, "compaction", None).await?;
+                    if std::env::var_os("CARTSTREAM_COMPACT_EXIT_AFTER_MERGE").is_some() {
+                        // Debug hook of the crash test: the merged file is up, its inputs not deleted.
+                        tracing::warn!(rel, "CARTSTREAM_COMPACT_EXIT_AFTER_MERGE: exiting before deleting the inputs");
+                        std::process::exit(86);
+                    }
+                    for f in &g.inputs {
+                        lake.store
+                            .delete(&lake.path(&format!("{dir}/{}", f.2)))
+                            .await?;
+                    }
+                    report.merged_files += 1;
+                    report.inputs_merged += g.inputs.len();
+                    report.rows += rows as u64;
+                    m.rows_written
+                        .with_label_values(&[SINK, "compaction"])
+                        .inc_by(rows as u64);
                 }
-                let Some(schema) = schema else { continue };
-                let first = parts.iter().map(|f| f.0).min().unwrap_or(0);
-                let last = parts.iter().map(|f| f.1).max().unwrap_or(0);
-                let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-                let body = parquet_bytes(&schema, &batches, &args.parquet)?;
-                let rel = format!("{dir}/{}", file_name(p, first, last));
-                // Merged file first, then the inputs (now covered) go.
-                put_retrying(lake, &rel, body, "compaction", None).await?;
-                for f in &parts {
-                    lake.store
-                        .delete(&lake.path(&format!("{dir}/{}", f.3)))
-                        .await?;
-                }
-                report.merged_files += 1;
-                report.inputs_merged += parts.len();
-                report.rows += rows as u64;
-                m.rows_written
-                    .with_label_values(&[SINK, "compaction"])
-                    .inc_by(rows as u64);
             }
         }
     }
