@@ -1,6 +1,336 @@
-//! `cartstream-model-service`: demand forecasts (issue 7, under construction).
+//! `cartstream-model-service`: demand forecasts per category that watch their accuracy and input
+//! drift and retrain themselves. `run` is the service; `train`, `models` and `rollback` work on
+//! the model registry offline. See model-service/README.md.
 
-fn main() {
-    eprintln!("cartstream-model-service: not built yet");
-    std::process::exit(2);
+use std::process::ExitCode;
+use std::sync::{mpsc, Arc};
+
+use anyhow::Context;
+use cartstream_events::types::KpiWindow;
+use cartstream_events::{Decoder, RegistryArgs};
+use cartstream_kafka::{KafkaArgs, Topic, TopicNames};
+use cartstream_model_service::monitor::Engine;
+use cartstream_model_service::registry::ModelRegistry;
+use cartstream_model_service::series::{Aggregator, History};
+use cartstream_model_service::service::{self, CqlArgs, EngineLoop, ModelArgs, Shared};
+use cartstream_model_service::synth::Synth;
+use cartstream_model_service::{api, telemetry};
+use cartstream_runtime::ServiceArgs;
+use clap::{Parser, Subcommand};
+use tokio::sync::watch;
+
+#[derive(Parser)]
+#[command(
+    name = "cartstream-model-service",
+    version,
+    about = "Demand forecasts per category from kpi.windows: serves them, watches accuracy and drift, retrains itself"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the service: replay kpi.windows, train, serve the API, monitor and retrain.
+    Run(Box<RunArgs>),
+    /// Train once from kpi.windows (read to its end) or synthetic history; store the model and
+    /// promote it if it beats seasonal-naive (and the champion by the margin).
+    Train(Box<TrainArgs>),
+    /// List the stored models with their hold-out metrics.
+    Models(StoreArgs),
+    /// Move the champion pointer back to the previous champion (a running service picks it up
+    /// at its next start; use POST /v1/rollback for a running one).
+    Rollback(StoreArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    #[command(flatten)]
+    service: ServiceArgs,
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    #[command(flatten)]
+    schema_registry: RegistryArgs,
+    #[command(flatten)]
+    names: TopicNames,
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    cql: CqlArgs,
+    /// Address of the forecast API.
+    #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:8088")]
+    http_addr: String,
+    /// Categories exported as forecast gauges at most.
+    #[arg(long, env = "GAUGE_SERIES_MAX", default_value_t = 200)]
+    gauge_series_max: usize,
+}
+
+#[derive(clap::Args)]
+struct TrainArgs {
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    #[command(flatten)]
+    schema_registry: RegistryArgs,
+    #[command(flatten)]
+    names: TopicNames,
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Train on synthetic history of this many categories instead of kpi.windows.
+    #[arg(long, env = "SYNTHETIC_CATEGORIES")]
+    synthetic_categories: Option<usize>,
+    /// Periods of synthetic history.
+    #[arg(long, env = "SYNTHETIC_PERIODS", default_value_t = 24 * 365)]
+    synthetic_periods: usize,
+    /// Store the model without promoting it.
+    #[arg(long, env = "NO_PROMOTE")]
+    no_promote: bool,
+}
+
+#[derive(clap::Args)]
+struct StoreArgs {
+    /// Where models live: a directory, file:///dir or s3://bucket/prefix (AWS_* variables).
+    #[arg(long, env = "MODEL_STORE_URL", default_value = "./.models")]
+    model_store: String,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    cartstream_runtime::exit_code(match cli.command {
+        Cmd::Run(a) => run(*a).await,
+        Cmd::Train(a) => train(*a).await,
+        Cmd::Models(a) => models(a).await,
+        Cmd::Rollback(a) => rollback(a).await,
+    })
+}
+
+async fn run(a: RunArgs) -> anyhow::Result<()> {
+    let svc = a.service.init("cartstream-model-service").await?;
+    telemetry::register_all();
+    let train_cfg = a.model.train_config()?;
+    let aggregator = Aggregator::new(a.model.period_ms, a.model.window_size_ms, a.model.products)
+        .map_err(|e| anyhow::anyhow!("--window-size-ms / --period-ms: {e}"))?;
+    a.kafka.check(std::time::Duration::from_secs(15))?;
+    let schema_registry = a.schema_registry.connect()?;
+    let registry = ModelRegistry::open(&a.model.model_store)?;
+    let (cmd_tx, cmd_rx) = mpsc::channel();
+    let shared = Arc::new(Shared::new(registry.clone(), cmd_tx));
+    let (f_tx, f_rx) = watch::channel(None);
+
+    if a.cql.write_forecasts {
+        let (session, insert) = a.cql.connect().await?;
+        tokio::spawn(service::write_forecasts(
+            session,
+            insert,
+            a.cql.forecast_ttl_secs,
+            f_rx,
+            svc.shutdown.clone(),
+        ));
+    }
+
+    let listener = tokio::net::TcpListener::bind(&a.http_addr)
+        .await
+        .with_context(|| format!("cannot listen on {} for the API", a.http_addr))?;
+    tracing::info!(addr = %listener.local_addr()?, "forecast API listening");
+    let app = api::router(shared.clone());
+    let stop = svc.shutdown.clone();
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.wait().await })
+            .await
+        {
+            tracing::error!(error = %e, "API stopped");
+        }
+    });
+
+    let mut engine_loop = EngineLoop {
+        kafka: a.kafka.clone(),
+        topic: a.names.name(Topic::KpiWindows),
+        group: format!("{}cartstream-model-service", a.names.topic_prefix),
+        decoder: Decoder::<KpiWindow>::new(schema_registry),
+        engine: Engine::new(train_cfg, a.model.monitor_config(), a.model.period_ms),
+        aggregator,
+        shared,
+        forecasts_tx: f_tx,
+        commands: cmd_rx,
+        shutdown: svc.shutdown.clone(),
+        health: svc.health.clone(),
+        handle: tokio::runtime::Handle::current(),
+        gauge_series_max: a.gauge_series_max,
+    };
+    match registry.load_champion().await? {
+        Some((m, meta)) => {
+            if meta.period_ms != a.model.period_ms || m.horizon != a.model.horizon {
+                tracing::warn!(version = %meta.version, "the champion was trained with another period or horizon; it serves until a retrain replaces it");
+            }
+            tracing::info!(version = %meta.version, store = registry.url(), "champion loaded");
+            engine_loop.install(m, meta);
+        }
+        None => tracing::info!(
+            store = registry.url(),
+            "no champion yet: the first model is trained once the history is long enough"
+        ),
+    }
+    let shutdown = svc.shutdown.clone();
+    let result = tokio::task::spawn_blocking(move || engine_loop.run())
+        .await
+        .context("engine thread")?;
+    shutdown.trigger();
+    result
+}
+
+async fn train(a: TrainArgs) -> anyhow::Result<()> {
+    let cfg = a.model.train_config()?;
+    let history = match a.synthetic_categories {
+        Some(n) => {
+            let start = 24 * 20_000; // 2024-10-04, a fixed origin keeps runs comparable
+            Synth::new(n, 7).history(a.model.period_ms, start, start + a.synthetic_periods as i64)
+        }
+        None => history_from_topic(&a).await?,
+    };
+    eprintln!(
+        "training on {} series x {} periods (horizon {}, hold-out {})",
+        history.series.len(),
+        history.len,
+        cfg.horizon,
+        cfg.holdout_periods
+    );
+    let registry = ModelRegistry::open(&a.model.model_store)?;
+    let mut engine = Engine::new(cfg, a.model.monitor_config(), a.model.period_ms);
+    for i in 0..history.len {
+        let obs = history
+            .series
+            .iter()
+            .map(|(k, s)| {
+                (
+                    k.clone(),
+                    cartstream_model_service::series::Obs {
+                        purchases: s.purchases[i],
+                        units: s.purchases[i],
+                        revenue: s.revenue[i],
+                    },
+                )
+            })
+            .collect();
+        let _ = engine.close_period(history.index_of(i), &obs);
+    }
+    if let Some((m, meta)) = registry.load_champion().await? {
+        engine.install(cartstream_model_service::monitor::Champion {
+            model: Arc::new(m),
+            meta,
+        });
+    }
+    let started = std::time::Instant::now();
+    let mut cand = engine.retrain("offline", service::now_ms())?;
+    let secs = started.elapsed().as_secs_f64();
+    if a.no_promote && cand.promote {
+        cand.promote = false;
+        cand.meta.decision = "not_promoted_by_request".into();
+    }
+    let version = registry.save(&cand.model, &mut cand.meta).await?;
+    if cand.promote {
+        registry
+            .promote(&version, "offline", service::now_ms())
+            .await?;
+    }
+    let p = &cand.meta.holdout.purchases;
+    let r = &cand.meta.holdout.revenue;
+    println!("version {version}: {}", cand.meta.decision);
+    println!(
+        "training + evaluation: {secs:.2} s ({} rows per fit)",
+        cand.meta.rows_per_fit
+    );
+    for (name, e) in [("purchases", p), ("revenue", r)] {
+        println!(
+            "{name:9} hold-out MAE {:.3} sMAPE {:.3} | seasonal-naive MAE {:.3} sMAPE {:.3} | moving-average MAE {:.3} | relative to seasonal-naive {:.3}",
+            e.mae,
+            e.smape,
+            e.seasonal_naive_mae,
+            e.seasonal_naive_smape,
+            e.moving_average_mae,
+            e.relative_to_seasonal_naive.unwrap_or(f64::NAN)
+        );
+    }
+    Ok(())
+}
+
+async fn history_from_topic(a: &TrainArgs) -> anyhow::Result<History> {
+    let topic = a.names.name(Topic::KpiWindows);
+    let config = a
+        .kafka
+        .consumer(&format!("{}cartstream-model-train", a.names.topic_prefix))?;
+    let records = tokio::task::spawn_blocking({
+        let topic = topic.clone();
+        move || {
+            cartstream_kafka::read::read_to_end(
+                &config,
+                &topic,
+                std::time::Duration::from_secs(300),
+            )
+        }
+    })
+    .await??;
+    let decoder = Decoder::<KpiWindow>::new(a.schema_registry.connect()?);
+    let mut agg = Aggregator::new(a.model.period_ms, a.model.window_size_ms, a.model.products)
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let mut h = History::new(
+        a.model.period_ms,
+        a.model.train_config()?.history_capacity(),
+    );
+    let mut bad = 0usize;
+    let mut partitions = std::collections::HashSet::new();
+    for m in &records {
+        use rdkafka::Message;
+        partitions.insert(m.partition());
+        match m.payload() {
+            Some(b) => match decoder.decode(b).await {
+                Ok(w) => {
+                    agg.accept(m.partition(), &w);
+                }
+                Err(_) => bad += 1,
+            },
+            None => bad += 1,
+        }
+    }
+    for p in partitions {
+        agg.partition_at_end(p);
+    }
+    for (idx, obs) in agg.drain_closed() {
+        h.push(idx, &obs);
+    }
+    if bad > 0 {
+        eprintln!("{bad} records of {topic} could not be decoded and were skipped");
+    }
+    Ok(h)
+}
+
+async fn models(a: StoreArgs) -> anyhow::Result<()> {
+    let registry = ModelRegistry::open(&a.model_store)?;
+    let champion = registry.pointer().await?.map(|p| p.version);
+    for m in registry.list().await? {
+        let mark = if champion.as_deref() == Some(m.version.as_str()) {
+            "*"
+        } else {
+            " "
+        };
+        println!(
+            "{mark} {} {:18} trigger {:8} hold-out MAE {:.3} (seasonal-naive {:.3}, relative {:.3}) fingerprint {}",
+            m.version,
+            m.decision,
+            m.trigger,
+            m.holdout.purchases.mae,
+            m.holdout.purchases.seasonal_naive_mae,
+            m.holdout.purchases.relative_to_seasonal_naive.unwrap_or(f64::NAN),
+            m.data_fingerprint
+        );
+    }
+    Ok(())
+}
+
+async fn rollback(a: StoreArgs) -> anyhow::Result<()> {
+    let registry = ModelRegistry::open(&a.model_store)?;
+    let p = registry.rollback(service::now_ms()).await?;
+    println!("champion is now {} ({})", p.version, p.reason);
+    Ok(())
 }

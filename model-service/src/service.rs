@@ -1,1 +1,597 @@
-//! todo
+//! The running service: reads `kpi.windows` from its beginning (the history is rebuilt by
+//! replay, nothing is committed), feeds closed periods to the [`Engine`], stores every trained
+//! model in the registry, writes the champion's forecasts to `forecasts_by_category`, exports
+//! the metrics, and answers the HTTP API.
+//!
+//! Threads: the engine runs on one blocking thread (a `BaseConsumer` poll loop; training is CPU
+//! work and runs inline, so decisions follow event time deterministically); the API, the CQL
+//! writer and the metrics endpoint run on the tokio runtime. They share the newest forecasts and
+//! champion through [`Shared`]; the API sends rollback and retrain commands to the engine thread.
+
+use std::collections::HashSet;
+use std::sync::mpsc;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use cartstream_events::types::KpiWindow;
+use cartstream_events::Decoder;
+use cartstream_kafka::KafkaArgs;
+use cartstream_runtime::{Health, Shutdown};
+use futures::StreamExt;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::{Message, Offset, TopicPartitionList};
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::statement::prepared::PreparedStatement;
+use scylla::value::CqlTimestamp;
+use tokio::sync::{oneshot, watch};
+
+use crate::features::MAX_HORIZON;
+use crate::model::{Metadata, TrainConfig};
+use crate::monitor::{Champion, Engine, ForecastSet, MonitorConfig};
+use crate::registry::ModelRegistry;
+use crate::series::{Accepted, Aggregator};
+use crate::telemetry as tm;
+
+/// Training and monitoring settings (shared by `run` and `train`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ModelArgs {
+    /// Base period in ms: history, features and forecasts are per period (3600000 = hourly;
+    /// shorter periods compress the calendar, e.g. for tests).
+    #[arg(long, env = "MODEL_PERIOD_MS", default_value_t = 3_600_000)]
+    pub period_ms: i64,
+    /// Size of the tumbling kpi.windows windows to read (must divide the period); other sizes
+    /// are ignored, so hopping or larger windows are never counted twice.
+    #[arg(long, env = "MODEL_WINDOW_SIZE_MS", default_value_t = 3_600_000)]
+    pub window_size_ms: i64,
+    /// Also forecast product series (served by the API, not exported as gauges).
+    #[arg(long, env = "MODEL_PRODUCTS")]
+    pub products: bool,
+    /// Periods forecast ahead (1-24).
+    #[arg(long, env = "MODEL_HORIZON", default_value_t = 6)]
+    pub horizon: usize,
+    /// Periods held out at the end of the history to evaluate a model against the baselines.
+    #[arg(long, env = "MODEL_HOLDOUT_PERIODS", default_value_t = 48)]
+    pub holdout_periods: usize,
+    /// Training origins (periods) of a fit, the newest ones.
+    #[arg(long, env = "MODEL_TRAIN_WINDOW_PERIODS", default_value_t = 672)]
+    pub train_window_periods: usize,
+    /// Rows per fit above which origins are sampled.
+    #[arg(long, env = "MODEL_MAX_ROWS", default_value_t = 60_000)]
+    pub max_rows: usize,
+    /// Ridge regularisation.
+    #[arg(long, env = "MODEL_ALPHA", default_value_t = 1.0)]
+    pub alpha: f64,
+    /// Retrain when the live sMAPE (0..2) of a target over a full live window exceeds this.
+    #[arg(long, env = "MODEL_ERROR_THRESHOLD", default_value_t = 0.35)]
+    pub error_threshold: f64,
+    /// Retrain when a feature's PSI over a full drift window exceeds this.
+    #[arg(long, env = "MODEL_PSI_THRESHOLD", default_value_t = 0.25)]
+    pub psi_threshold: f64,
+    /// A challenger replaces the champion only if its hold-out MAE is this fraction lower.
+    #[arg(long, env = "MODEL_PROMOTE_MARGIN", default_value_t = 0.05)]
+    pub promote_margin: f64,
+    /// Periods between two retrain attempts at least.
+    #[arg(long, env = "MODEL_COOLDOWN_PERIODS", default_value_t = 6)]
+    pub cooldown_periods: usize,
+    /// Periods of live accuracy.
+    #[arg(long, env = "MODEL_LIVE_WINDOW_PERIODS", default_value_t = 24)]
+    pub live_window_periods: usize,
+    /// Periods of live features for drift.
+    #[arg(long, env = "MODEL_PSI_WINDOW_PERIODS", default_value_t = 168)]
+    pub psi_window_periods: usize,
+    /// Retrain every this many periods after a promotion (0: only on error or drift).
+    #[arg(long, env = "MODEL_RETRAIN_EVERY_PERIODS", default_value_t = 168)]
+    pub retrain_every_periods: usize,
+    /// Where models live: a directory, file:///dir or s3://bucket/prefix (AWS_* variables).
+    #[arg(long, env = "MODEL_STORE_URL", default_value = "./.models")]
+    pub model_store: String,
+}
+
+impl ModelArgs {
+    pub fn train_config(&self) -> anyhow::Result<TrainConfig> {
+        if !(1..=MAX_HORIZON).contains(&self.horizon) {
+            anyhow::bail!(
+                "--horizon {} must be within 1..={MAX_HORIZON}",
+                self.horizon
+            );
+        }
+        if self.holdout_periods < self.horizon {
+            anyhow::bail!("--holdout-periods must be at least --horizon");
+        }
+        if self.train_window_periods < crate::model::MIN_TRAIN_ORIGINS {
+            anyhow::bail!(
+                "--train-window-periods must be at least {}",
+                crate::model::MIN_TRAIN_ORIGINS
+            );
+        }
+        Ok(TrainConfig {
+            horizon: self.horizon,
+            holdout_periods: self.holdout_periods,
+            train_window_periods: self.train_window_periods,
+            max_rows: self.max_rows.max(1000),
+            alpha: self.alpha,
+        })
+    }
+
+    pub fn monitor_config(&self) -> MonitorConfig {
+        MonitorConfig {
+            error_threshold: self.error_threshold,
+            psi_threshold: self.psi_threshold,
+            promote_margin: self.promote_margin,
+            cooldown_periods: self.cooldown_periods,
+            live_window_periods: self.live_window_periods.max(1),
+            psi_window_periods: self.psi_window_periods.max(1),
+            retrain_every_periods: self.retrain_every_periods,
+        }
+    }
+}
+
+/// Where forecasts are written (the keyspace made by `cartstream-scylla-sink migrate`).
+#[derive(Clone, clap::Args)]
+pub struct CqlArgs {
+    /// Contact points, comma-separated host:port.
+    #[arg(
+        long = "scylla-uri",
+        env = "SCYLLA_URI",
+        default_value = "127.0.0.1:9042"
+    )]
+    pub uri: String,
+    /// Keyspace holding forecasts_by_category.
+    #[arg(
+        long = "scylla-keyspace",
+        env = "SCYLLA_KEYSPACE",
+        default_value = "cartstream"
+    )]
+    pub keyspace: String,
+    #[arg(long = "scylla-username", env = "SCYLLA_USERNAME")]
+    pub username: Option<String>,
+    /// Password (prefer the environment variable).
+    #[arg(
+        long = "scylla-password",
+        env = "SCYLLA_PASSWORD",
+        hide_env_values = true
+    )]
+    pub password: Option<String>,
+    /// Write forecasts to forecasts_by_category (false: API and gauges only).
+    #[arg(long, env = "WRITE_FORECASTS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub write_forecasts: bool,
+    /// Time to live of forecast rows, in seconds.
+    #[arg(long, env = "FORECAST_TTL_SECS", default_value_t = 30 * 86_400)]
+    pub forecast_ttl_secs: i32,
+}
+
+impl std::fmt::Debug for CqlArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CqlArgs")
+            .field("uri", &self.uri)
+            .field("keyspace", &self.keyspace)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("write_forecasts", &self.write_forecasts)
+            .finish()
+    }
+}
+
+impl CqlArgs {
+    pub async fn connect(&self) -> anyhow::Result<(Arc<Session>, PreparedStatement)> {
+        let ks = &self.keyspace;
+        let ok = !ks.is_empty()
+            && ks.len() <= 48
+            && ks.starts_with(|c: char| c.is_ascii_lowercase())
+            && ks
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !ok {
+            anyhow::bail!(
+                "keyspace {ks:?} must be 1-48 characters of [a-z0-9_], starting with a letter"
+            );
+        }
+        let mut b = SessionBuilder::new()
+            .known_nodes(self.uri.split(',').map(str::trim).filter(|s| !s.is_empty()))
+            .connection_timeout(Duration::from_secs(10));
+        if let Some(user) = &self.username {
+            b = b.user(user, self.password.clone().unwrap_or_default());
+        }
+        let session = b
+            .build()
+            .await
+            .with_context(|| format!("cannot connect to the CQL database at {}", self.uri))?;
+        let insert = session
+            .prepare(insert_forecast_cql(ks))
+            .await
+            .with_context(|| {
+                format!("{ks}.forecasts_by_category is missing: run `cartstream-scylla-sink migrate` first")
+            })?;
+        Ok((Arc::new(session), insert))
+    }
+}
+
+pub fn insert_forecast_cql(keyspace: &str) -> String {
+    format!(
+        "INSERT INTO {keyspace}.forecasts_by_category (category, day, horizon_start, model_version, \
+         purchases, revenue, lower, upper, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?"
+    )
+}
+
+pub enum Command {
+    Rollback(oneshot::Sender<Result<Metadata, String>>),
+    Retrain(oneshot::Sender<Result<Metadata, String>>),
+}
+
+/// What the API reads.
+pub struct Shared {
+    pub forecasts: RwLock<Option<Arc<ForecastSet>>>,
+    pub champion: RwLock<Option<Metadata>>,
+    pub registry: ModelRegistry,
+    pub commands: mpsc::Sender<Command>,
+}
+
+impl Shared {
+    pub fn new(registry: ModelRegistry, commands: mpsc::Sender<Command>) -> Self {
+        Shared {
+            forecasts: RwLock::new(None),
+            champion: RwLock::new(None),
+            registry,
+            commands,
+        }
+    }
+
+    pub fn forecasts(&self) -> Option<Arc<ForecastSet>> {
+        self.forecasts
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn champion(&self) -> Option<Metadata> {
+        self.champion
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn set_forecasts(&self, f: Option<Arc<ForecastSet>>) {
+        *self.forecasts.write().unwrap_or_else(|p| p.into_inner()) = f;
+    }
+
+    fn set_champion(&self, m: Option<Metadata>) {
+        *self.champion.write().unwrap_or_else(|p| p.into_inner()) = m;
+    }
+}
+
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// The engine thread's world.
+pub struct EngineLoop {
+    pub kafka: KafkaArgs,
+    pub topic: String,
+    pub group: String,
+    pub decoder: Decoder<KpiWindow>,
+    pub engine: Engine,
+    pub aggregator: Aggregator,
+    pub shared: Arc<Shared>,
+    pub forecasts_tx: watch::Sender<Option<Arc<ForecastSet>>>,
+    pub commands: mpsc::Receiver<Command>,
+    pub shutdown: Shutdown,
+    pub health: Health,
+    pub handle: tokio::runtime::Handle,
+    pub gauge_series_max: usize,
+}
+
+impl EngineLoop {
+    /// Installs the registry's champion, if any.
+    pub fn install(&mut self, model: crate::model::Model, meta: Metadata) {
+        tm::export_champion(&meta);
+        self.shared.set_champion(Some(meta.clone()));
+        self.engine.install(Champion {
+            model: Arc::new(model),
+            meta,
+        });
+        self.publish();
+    }
+
+    fn publish(&self) {
+        let f = self.engine.forecasts();
+        if let Some(set) = &f {
+            let mut n = 0;
+            for (key, points) in &set.series {
+                let Some(cat) = key.strip_prefix("category/") else {
+                    continue;
+                };
+                if n >= self.gauge_series_max {
+                    break;
+                }
+                n += 1;
+                if let Some(p) = points.first() {
+                    tm::FORECAST
+                        .with_label_values(&[cat, "purchases"])
+                        .set(p.purchases);
+                    tm::FORECAST
+                        .with_label_values(&[cat, "revenue"])
+                        .set(p.revenue);
+                }
+            }
+        }
+        self.shared.set_forecasts(f.clone());
+        self.forecasts_tx.send_replace(f);
+    }
+
+    fn retrain(&mut self, trigger: &str) -> Result<Metadata, String> {
+        tm::RETRAINS.with_label_values(&[trigger]).inc();
+        let timer = tm::TRAINING_SECONDS
+            .with_label_values(&[trigger])
+            .start_timer();
+        let result = self.engine.retrain(trigger, now_ms());
+        timer.observe_duration();
+        let mut cand = match result {
+            Ok(c) => c,
+            Err(e) => {
+                tm::DECISIONS.with_label_values(&["failed"]).inc();
+                tracing::warn!(trigger, error = %e, decision = "failed", "training failed");
+                return Err(e.to_string());
+            }
+        };
+        let registry = self.shared.registry.clone();
+        let saved = self
+            .handle
+            .block_on(registry.save(&cand.model, &mut cand.meta));
+        let version = match saved {
+            Ok(v) => v,
+            Err(e) => {
+                self.engine.note_attempt();
+                tm::DECISIONS.with_label_values(&["failed"]).inc();
+                tracing::error!(trigger, error = %format!("{e:#}"), decision = "failed", "cannot store the model");
+                return Err(format!("{e:#}"));
+            }
+        };
+        let m = &cand.meta;
+        let champ_mae = m.champion_holdout.as_ref().map(|c| c.purchases.mae);
+        if cand.promote {
+            if let Err(e) = self
+                .handle
+                .block_on(registry.promote(&version, trigger, now_ms()))
+            {
+                tm::DECISIONS.with_label_values(&["failed"]).inc();
+                tracing::error!(trigger, version, error = %format!("{e:#}"), decision = "failed", "cannot move the champion pointer");
+                return Err(format!("{e:#}"));
+            }
+        }
+        tm::DECISIONS
+            .with_label_values(&[m.decision.as_str()])
+            .inc();
+        tracing::info!(
+            trigger,
+            version,
+            decision = %m.decision,
+            holdout_mae = m.holdout.purchases.mae,
+            holdout_smape = m.holdout.purchases.smape,
+            seasonal_naive_mae = m.holdout.purchases.seasonal_naive_mae,
+            relative_to_seasonal_naive = m.holdout.purchases.relative_to_seasonal_naive,
+            champion_mae = champ_mae,
+            champion = m.champion_version.as_deref(),
+            seconds = m.training_seconds,
+            "challenger evaluated"
+        );
+        let meta = cand.meta.clone();
+        if cand.promote {
+            self.install(cand.model, cand.meta);
+        }
+        Ok(meta)
+    }
+
+    fn rollback(&mut self) -> Result<Metadata, String> {
+        let registry = self.shared.registry.clone();
+        let loaded = self.handle.block_on(async {
+            let p = registry.rollback(now_ms()).await?;
+            registry.load(&p.version).await
+        });
+        match loaded {
+            Ok((model, meta)) => {
+                tm::DECISIONS.with_label_values(&["rollback"]).inc();
+                tracing::info!(version = %meta.version, decision = "rollback", "rolled back");
+                self.install(model, meta.clone());
+                Ok(meta)
+            }
+            Err(e) => Err(format!("{e:#}")),
+        }
+    }
+
+    fn commands(&mut self) {
+        while let Ok(c) = self.commands.try_recv() {
+            match c {
+                Command::Rollback(reply) => {
+                    let _ = reply.send(self.rollback());
+                }
+                Command::Retrain(reply) => {
+                    let _ = reply.send(self.retrain("manual"));
+                }
+            }
+        }
+    }
+
+    fn on_record(&mut self, partition: i32, bytes: Option<&[u8]>) {
+        let Some(bytes) = bytes else {
+            tm::INPUT_RECORDS.with_label_values(&["undecodable"]).inc();
+            tracing::warn!(
+                partition,
+                reason = "empty_record",
+                "kpi window without a value skipped"
+            );
+            return;
+        };
+        let decoded = loop {
+            let r = match self.decoder.decode_cached(bytes) {
+                Some(r) => r,
+                None => self.handle.block_on(self.decoder.decode(bytes)),
+            };
+            match r {
+                Err(e) if e.is_transient() && !self.shutdown.is_triggered() => {
+                    tracing::warn!(error = %e, "schema registry unreachable, retrying");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                other => break other,
+            }
+        };
+        match decoded {
+            Ok(w) => {
+                let a = self.aggregator.accept(partition, &w);
+                if a == Accepted::Late || a == Accepted::Invalid {
+                    tracing::warn!(
+                        partition,
+                        outcome = a.label(),
+                        window_start = w.window_start,
+                        "kpi window not used"
+                    );
+                }
+                tm::INPUT_RECORDS.with_label_values(&[a.label()]).inc();
+            }
+            Err(e) => {
+                tm::INPUT_RECORDS.with_label_values(&["undecodable"]).inc();
+                tracing::warn!(partition, reason = e.code(), error = %e, "kpi window cannot be decoded, skipped");
+            }
+        }
+    }
+
+    fn close_periods(&mut self) {
+        for (idx, obs) in self.aggregator.drain_closed() {
+            let trigger = self.engine.close_period(idx, &obs);
+            tm::PERIODS.inc();
+            tm::LAST_PERIOD.set(idx * self.aggregator.period_ms() / 1000);
+            tm::SERIES.set(self.engine.history().series.len() as i64);
+            tm::export_live(self.engine.stats());
+            if let Some(t) = trigger {
+                let _ = self.retrain(t);
+            }
+            self.publish();
+        }
+    }
+
+    /// Reads until shutdown.
+    pub fn run(mut self) -> anyhow::Result<()> {
+        let mut config = self.kafka.consumer(&self.group)?;
+        config.set("enable.partition.eof", "true");
+        let consumer: BaseConsumer = config
+            .create()
+            .context("creating the kpi.windows consumer")?;
+        let md = consumer
+            .fetch_metadata(Some(&self.topic), Duration::from_secs(15))
+            .with_context(|| format!("reading the metadata of {}", self.topic))?;
+        let partitions: Vec<i32> = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == self.topic && t.error().is_none())
+            .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+            .unwrap_or_default();
+        if partitions.is_empty() {
+            anyhow::bail!(
+                "topic {} does not exist (run `cartstream-admin bootstrap`)",
+                self.topic
+            );
+        }
+        let mut tpl = TopicPartitionList::new();
+        for p in &partitions {
+            tpl.add_partition_offset(&self.topic, *p, Offset::Beginning)?;
+        }
+        consumer.assign(&tpl)?;
+        tracing::info!(topic = %self.topic, partitions = partitions.len(), "replaying kpi windows from the beginning");
+        let mut at_end: HashSet<i32> = HashSet::new();
+        while !self.shutdown.is_triggered() {
+            self.commands();
+            match consumer.poll(Duration::from_millis(100)) {
+                None => {}
+                Some(Ok(m)) => {
+                    let p = m.partition();
+                    self.on_record(p, m.payload());
+                    self.close_periods();
+                }
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    self.aggregator.partition_at_end(p);
+                    at_end.insert(p);
+                    if at_end.len() == partitions.len() && !self.health.is_ready() {
+                        tracing::info!(
+                            periods = self.engine.history().len,
+                            "caught up with kpi.windows"
+                        );
+                        tm::LAG_READY.set(1.0);
+                        self.health.set_ready(true);
+                    }
+                    self.close_periods();
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "kafka error while reading kpi.windows");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }
+        self.health.set_ready(false);
+        Ok(())
+    }
+}
+
+/// Writes each new forecast set to `forecasts_by_category` (category series only); a set that
+/// arrives while one is being written replaces any set not yet written.
+pub async fn write_forecasts(
+    session: Arc<Session>,
+    insert: PreparedStatement,
+    ttl_secs: i32,
+    mut rx: watch::Receiver<Option<Arc<ForecastSet>>>,
+    shutdown: Shutdown,
+) {
+    loop {
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() { return },
+            _ = shutdown.wait() => return,
+        }
+        let Some(set) = rx.borrow_and_update().clone() else {
+            continue;
+        };
+        let created = CqlTimestamp(now_ms());
+        let mut futs = Vec::new();
+        for (key, pts) in &set.series {
+            let Some(cat) = key.strip_prefix("category/") else {
+                continue;
+            };
+            for p in pts {
+                let values = (
+                    cat.to_string(),
+                    cartstream_events::time::utc_date(p.period_start_ms),
+                    CqlTimestamp(p.period_start_ms),
+                    set.model_version.clone(),
+                    p.purchases,
+                    p.revenue,
+                    p.purchases_lower,
+                    p.purchases_upper,
+                    created,
+                    ttl_secs,
+                );
+                let session = session.clone();
+                let insert = insert.clone();
+                futs.push(async move {
+                    match session.execute_unpaged(&insert, values).await {
+                        Ok(_) => true,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot write a forecast row");
+                            false
+                        }
+                    }
+                });
+            }
+        }
+        let results: Vec<bool> = futures::stream::iter(futs)
+            .buffer_unordered(32)
+            .collect()
+            .await;
+        let ok = results.iter().filter(|b| **b).count();
+        tm::FORECAST_ROWS
+            .with_label_values(&["ok"])
+            .inc_by(ok as u64);
+        tm::FORECAST_ROWS
+            .with_label_values(&["error"])
+            .inc_by((results.len() - ok) as u64);
+    }
+}
