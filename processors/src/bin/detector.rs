@@ -1,0 +1,594 @@
+//! `cartstream-detector`: trend, suspicious-user and price-anomaly alerts, exactly once.
+//!
+//! Inputs and rules (`cartstream_processors::detect`):
+//! - `kpi.windows` (the windower's final windows, keyed by dimension/value/window so one key's
+//!   windows share a partition): per product and category, the purchases of each final tumbling
+//!   window of `--trend-window` against the key's own last `--trend-history` windows.
+//! - `purchases.enriched` (keyed by `user_session`): each purchase is compared with its catalog
+//!   price (`--price-tolerance`, events in `--catalog-currency` only: the enriched event does not
+//!   carry the catalog's currency), and forwarded, in the same transaction, to the internal
+//!   repartition topic `<group>.by-user` keyed by `user_id`, so that all purchases of one user meet
+//!   on one partition whatever their session.
+//! - `<group>.by-user`: purchases per user in event-time tumbling windows of `--user-window`;
+//!   more than `--user-max-purchases` in one window raises an alert once the window is final
+//!   (watermark per partition past its end + `--user-grace`; idle partitions follow the highest
+//!   watermark of the instance after `--idle-timeout`). A purchase later than that is
+//!   dead-lettered as `late_event`.
+//!
+//! Alerts go to `alerts.raised` (key: the subject id) with deterministic ids (type, subject,
+//! window), so a replay raises the same ids.
+//!
+//! **State.** Trend baselines and the open per-user windows (with the watermark) are written to
+//! the changelog `<group>.changelog` in the transaction of the batch that changed them
+//! (partition = the input partition, compacted, tombstones when a user window closes) and rebuilt
+//! from it on assignment and after an aborted batch. A restart therefore resumes with the same
+//! baselines; nothing is re-read from `kpi.windows`.
+
+use std::collections::{HashMap, HashSet};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use cartstream_events::types::{Alert, AlertType, EnrichedEvent, EventType, KpiWindow};
+use cartstream_events::{Decoder, Encoder, Registry};
+use cartstream_kafka::admin::{self, TopicSpec};
+use cartstream_kafka::{read, KafkaArgs, Topic};
+use cartstream_processors::detect::{
+    price_anomaly, PriceCheck, PriceConfig, Seen, TrendConfig, Trends, UserBursts, UserConfig,
+};
+use cartstream_processors::session::parse_duration_ms;
+use cartstream_stream::{Input, Output, ProcessError, Processor, ProcessorArgs, StageMetrics};
+use clap::Parser;
+use prometheus::{register_int_counter_vec, register_int_gauge_vec, IntCounterVec, IntGaugeVec};
+use rdkafka::Message;
+
+const STAGE: &str = "detector";
+
+#[derive(Parser)]
+#[command(
+    name = "cartstream-detector",
+    version,
+    about = "Raise trend, suspicious-user and price-anomaly alerts, exactly once"
+)]
+struct Cli {
+    #[command(flatten)]
+    common: ProcessorArgs,
+    /// Size of the tumbling kpi.windows windows the trend rule watches.
+    #[arg(long, env = "TREND_WINDOW", default_value = "1m", value_parser = parse_duration_ms)]
+    trend_window: i64,
+    /// Windows of history per product/category (the baseline).
+    #[arg(long, env = "TREND_HISTORY", default_value_t = 30)]
+    trend_history: usize,
+    /// Windows of history a key needs before it can alert.
+    #[arg(long, env = "TREND_MIN_HISTORY", default_value_t = 10)]
+    trend_min_history: usize,
+    /// Standard deviations above the baseline mean (the spread is at least sqrt(mean) and 1).
+    #[arg(long, env = "TREND_K", default_value_t = 4.0)]
+    trend_k: f64,
+    /// Fewest purchases in a window for a trend alert.
+    #[arg(long, env = "TREND_MIN_VOLUME", default_value_t = 10)]
+    trend_min_volume: i64,
+    /// Least ratio of the window's purchases to the baseline mean.
+    #[arg(long, env = "TREND_MIN_RATIO", default_value_t = 3.0)]
+    trend_min_ratio: f64,
+    /// Event-time window of the suspicious-user rule.
+    #[arg(long, env = "USER_WINDOW", default_value = "1m", value_parser = parse_duration_ms)]
+    user_window: i64,
+    /// More purchases than this by one user in one window raise an alert.
+    #[arg(long, env = "USER_MAX_PURCHASES", default_value_t = 10)]
+    user_max_purchases: u32,
+    /// How late a purchase may reach the per-user windows.
+    #[arg(long, env = "USER_GRACE", default_value = "2m", value_parser = parse_duration_ms)]
+    user_grace: i64,
+    /// Wall time without records after which a by-user partition follows the instance's highest
+    /// watermark.
+    #[arg(long, env = "IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration_ms)]
+    idle_timeout: i64,
+    /// Largest normal relative distance between a purchase's price and the catalog price.
+    #[arg(long, env = "PRICE_TOLERANCE", default_value_t = 0.5)]
+    price_tolerance: f64,
+    /// Currency of catalog prices; purchases in other currencies are not price-checked.
+    #[arg(long, env = "CATALOG_CURRENCY", default_value = "USD")]
+    catalog_currency: String,
+}
+
+struct Metrics {
+    alerts: IntCounterVec,
+    price_checks: IntCounterVec,
+    baselines: IntGaugeVec,
+}
+
+impl Metrics {
+    fn register() -> anyhow::Result<Self> {
+        Ok(Metrics {
+            alerts: register_int_counter_vec!(
+                "cartstream_detector_alerts_total",
+                "Alerts raised, by type",
+                &["alert_type"]
+            )?,
+            price_checks: register_int_counter_vec!(
+                "cartstream_detector_price_checks_total",
+                "Purchases with a catalog price checked, by result (normal, anomaly, other_currency)",
+                &["result"]
+            )?,
+            baselines: register_int_gauge_vec!(
+                "cartstream_detector_baselines",
+                "Products and categories with a trend baseline in memory",
+                &["stage"]
+            )?,
+        })
+    }
+}
+
+fn type_label(t: AlertType) -> &'static str {
+    match t {
+        AlertType::Trend => "trend",
+        AlertType::SuspiciousUser => "suspicious_user",
+        AlertType::PriceAnomaly => "price_anomaly",
+        AlertType::DataQuality => "data_quality",
+    }
+}
+
+struct UserPart {
+    bursts: UserBursts,
+    last_record: Instant,
+}
+
+/// Counts of the current batch, added to the metrics when it commits.
+#[derive(Default)]
+struct Pending {
+    alerts: HashMap<&'static str, u64>,
+    price: HashMap<&'static str, u64>,
+    late: u64,
+}
+
+struct Detector {
+    windows_dec: Decoder<KpiWindow>,
+    events_dec: Decoder<EnrichedEvent>,
+    alert_enc: Encoder<Alert>,
+    kpi_topic: String,
+    enriched_topic: String,
+    by_user: String,
+    alerts_topic: String,
+    changelog: String,
+    trend_cfg: TrendConfig,
+    user_cfg: UserConfig,
+    price_cfg: PriceConfig,
+    idle_timeout: Duration,
+    trends: HashMap<i32, Trends>,
+    users: HashMap<i32, UserPart>,
+    owned: HashSet<(String, i32)>,
+    restore_all: bool,
+    kafka: KafkaArgs,
+    group: String,
+    metrics: Metrics,
+    pending: Pending,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Detector {
+    fn alert(&mut self, alert: &Alert, out: &mut Output) -> Result<(), ProcessError> {
+        let bytes = self
+            .alert_enc
+            .encode(alert)
+            .map_err(|e| ProcessError::Fatal(e.into()))?;
+        out.send(&self.alerts_topic, Some(alert.subject_id.as_bytes()), bytes);
+        *self
+            .pending
+            .alerts
+            .entry(type_label(alert.alert_type))
+            .or_default() += 1;
+        Ok(())
+    }
+
+    /// Rebuilds the state of `parts` (input topic, partition) from the changelog.
+    async fn restore(&mut self, parts: &[(String, i32)]) -> anyhow::Result<()> {
+        let ids: Vec<i32> = parts
+            .iter()
+            .map(|(_, p)| *p)
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        for (t, p) in parts {
+            if *t == self.kpi_topic {
+                self.trends.insert(*p, Trends::new(self.trend_cfg));
+            } else if *t == self.by_user {
+                self.users.insert(
+                    *p,
+                    UserPart {
+                        bursts: UserBursts::new(self.user_cfg),
+                        last_record: Instant::now(),
+                    },
+                );
+            }
+        }
+        let mut config = self.kafka.consumer(&format!("{}-restore", self.group))?;
+        config.set("enable.partition.eof", "false");
+        let topic = self.changelog.clone();
+        let records = tokio::task::spawn_blocking(move || {
+            read::read_partitions_to_end(&config, &topic, Some(&ids), Duration::from_secs(300))
+        })
+        .await??;
+        let wanted: HashSet<&(String, i32)> = parts.iter().collect();
+        let n = records.len();
+        for m in records {
+            let Some(key) = m.key() else { continue };
+            let value = m.payload().unwrap_or_default();
+            let p = m.partition();
+            let res = if key.first() == Some(&b'u') || key == b"W" {
+                match self.users.get_mut(&p) {
+                    Some(u) if wanted.contains(&(self.by_user.clone(), p)) => {
+                        u.bursts.restore(key, value)
+                    }
+                    _ => Ok(true),
+                }
+            } else {
+                match self.trends.get_mut(&p) {
+                    Some(t) if wanted.contains(&(self.kpi_topic.clone(), p)) => {
+                        t.restore(key, value)
+                    }
+                    _ => Ok(true),
+                }
+            };
+            match res {
+                Ok(true) => {}
+                Ok(false) => tracing::warn!(partition = p, "unknown changelog record skipped"),
+                Err(e) => anyhow::bail!(
+                    "bad changelog record at {}[{p}]@{}: {e}",
+                    self.changelog,
+                    m.offset()
+                ),
+            }
+        }
+        for (t, p) in parts {
+            if *t == self.kpi_topic {
+                if let Some(x) = self.trends.get_mut(p) {
+                    x.clear_changes();
+                }
+            } else if *t == self.by_user {
+                if let Some(x) = self.users.get_mut(p) {
+                    x.bursts.clear_changes();
+                }
+            }
+        }
+        tracing::info!(partitions = ?parts, records = n, "detector state restored from {}", self.changelog);
+        Ok(())
+    }
+
+    async fn restore_if_rolled_back(&mut self) -> Result<(), ProcessError> {
+        if self.restore_all {
+            let parts: Vec<(String, i32)> = self.owned.iter().cloned().collect();
+            self.restore(&parts)
+                .await
+                .map_err(ProcessError::Transient)?;
+            self.restore_all = false;
+        }
+        Ok(())
+    }
+}
+
+impl Processor for Detector {
+    async fn on_assigned(&mut self, partitions: &[(String, i32)]) -> anyhow::Result<()> {
+        self.owned.extend(partitions.iter().cloned());
+        self.restore(partitions).await
+    }
+
+    fn on_revoked(&mut self, partitions: &[(String, i32)]) {
+        for (t, p) in partitions {
+            self.owned.remove(&(t.clone(), *p));
+            if *t == self.kpi_topic {
+                self.trends.remove(p);
+            } else if *t == self.by_user {
+                self.users.remove(p);
+            }
+        }
+    }
+
+    async fn process(&mut self, input: &Input<'_>, out: &mut Output) -> Result<(), ProcessError> {
+        self.restore_if_rolled_back().await?;
+        let payload = input.payload.unwrap_or_default();
+        if input.topic == self.by_user {
+            let (Ok(t), Ok(u)) = (
+                payload.get(..8).unwrap_or_default().try_into(),
+                payload.get(8..16).unwrap_or_default().try_into(),
+            ) else {
+                out.dead_letter(
+                    input,
+                    STAGE,
+                    "malformed_record",
+                    "by-user record is not 16 bytes (time, user)".into(),
+                    None,
+                );
+                return Ok(());
+            };
+            let (t, user) = (i64::from_be_bytes(t), i64::from_be_bytes(u));
+            let cfg = self.user_cfg;
+            let part = self
+                .users
+                .entry(input.partition)
+                .or_insert_with(|| UserPart {
+                    bursts: UserBursts::new(cfg),
+                    last_record: Instant::now(),
+                });
+            part.last_record = Instant::now();
+            if let Err(late) = part.bursts.add(user, t) {
+                self.pending.late += 1;
+                out.dead_letter(
+                    input,
+                    STAGE,
+                    "late_event",
+                    format!(
+                        "purchase of user {user} at {t} is {} ms behind the watermark {}: its {} ms window is already final (grace {} ms)",
+                        late.lateness_ms,
+                        part.bursts.watermark(),
+                        cfg.window_ms,
+                        cfg.grace_ms
+                    ),
+                    None,
+                );
+            }
+            return Ok(());
+        }
+        if input.topic == self.kpi_topic {
+            let w = match self.windows_dec.decode(payload).await {
+                Ok(w) => w,
+                Err(e) if e.is_transient() => return Err(ProcessError::Transient(e.into())),
+                Err(e) => {
+                    out.dead_letter(input, STAGE, e.code(), e.to_string(), e.schema_id());
+                    return Ok(());
+                }
+            };
+            let cfg = self.trend_cfg;
+            let trends = self
+                .trends
+                .entry(input.partition)
+                .or_insert_with(|| Trends::new(cfg));
+            if let Seen::Recorded(Some(a)) = trends.observe(&w, now_ms()) {
+                self.alert(&a, out)?;
+            }
+            return Ok(());
+        }
+        if input.topic != self.enriched_topic {
+            return Err(ProcessError::Fatal(anyhow::anyhow!(
+                "record of an unexpected topic {}",
+                input.topic
+            )));
+        }
+        let e = match self.events_dec.decode(payload).await {
+            Ok(e) => e,
+            Err(e) if e.is_transient() => return Err(ProcessError::Transient(e.into())),
+            Err(e) => {
+                out.dead_letter(input, STAGE, e.code(), e.to_string(), e.schema_id());
+                return Ok(());
+            }
+        };
+        if e.event_type != EventType::Purchase {
+            return Ok(());
+        }
+        let result = match price_anomaly(&e, &self.price_cfg, now_ms()) {
+            PriceCheck::NotApplicable => None,
+            PriceCheck::OtherCurrency => Some("other_currency"),
+            PriceCheck::Normal => Some("normal"),
+            PriceCheck::Anomaly(a) => {
+                self.alert(&a, out)?;
+                Some("anomaly")
+            }
+        };
+        if let Some(r) = result {
+            *self.pending.price.entry(r).or_default() += 1;
+        }
+        let mut v = Vec::with_capacity(16);
+        v.extend_from_slice(&e.event_time.to_be_bytes());
+        v.extend_from_slice(&e.user_id.to_be_bytes());
+        out.send(&self.by_user, Some(e.user_id.to_string().as_bytes()), v);
+        Ok(())
+    }
+
+    async fn on_tick(&mut self, out: &mut Output) -> Result<(), ProcessError> {
+        self.restore_if_rolled_back().await?;
+        let now = Instant::now();
+        let front = self
+            .users
+            .values()
+            .map(|u| u.bursts.watermark())
+            .max()
+            .unwrap_or(i64::MIN);
+        let detected = now_ms();
+        let mut alerts = Vec::new();
+        let mut changes: Vec<(i32, Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut slowest = i64::MAX;
+        for (p, u) in self.users.iter_mut() {
+            if front != i64::MIN && now.duration_since(u.last_record) >= self.idle_timeout {
+                u.bursts.advance_to(front);
+            }
+            alerts.extend(u.bursts.close(detected));
+            changes.extend(u.bursts.take_changes().into_iter().map(|(k, v)| (*p, k, v)));
+            if u.bursts.watermark() != i64::MIN {
+                slowest = slowest.min(u.bursts.watermark());
+            }
+        }
+        for (p, t) in self.trends.iter_mut() {
+            changes.extend(t.take_changes().into_iter().map(|(k, v)| (*p, k, v)));
+        }
+        for a in &alerts {
+            self.alert(a, out)?;
+        }
+        for (p, k, v) in changes {
+            if v.is_empty() {
+                out.changelog_delete(&self.changelog, p, &k);
+            } else {
+                out.changelog(&self.changelog, p, &k, v);
+            }
+        }
+        if slowest != i64::MAX {
+            StageMetrics::get()
+                .watermark_lag
+                .with_label_values(&[STAGE])
+                .set((detected - slowest) as f64 / 1000.0);
+        }
+        let open: usize = self.users.values().map(|u| u.bursts.open_windows()).sum();
+        StageMetrics::get()
+            .open_windows
+            .with_label_values(&[STAGE])
+            .set(open as i64);
+        self.metrics
+            .baselines
+            .with_label_values(&[STAGE])
+            .set(self.trends.values().map(Trends::keys).sum::<usize>() as i64);
+        Ok(())
+    }
+
+    fn commit(&mut self) {
+        let p = std::mem::take(&mut self.pending);
+        for (t, n) in p.alerts {
+            self.metrics.alerts.with_label_values(&[t]).inc_by(n);
+        }
+        for (r, n) in p.price {
+            self.metrics.price_checks.with_label_values(&[r]).inc_by(n);
+        }
+        StageMetrics::get()
+            .late_events
+            .with_label_values(&[STAGE])
+            .inc_by(p.late);
+    }
+
+    fn rollback(&mut self) {
+        self.pending = Pending::default();
+        self.restore_all = true;
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    cartstream_runtime::exit_code(run(cli).await)
+}
+
+/// Creates the repartition topic (as many partitions as the enriched topic) and the changelog
+/// (as many as the largest input).
+async fn ensure_topics(
+    kafka: &KafkaArgs,
+    kpi: &str,
+    enriched: &str,
+    by_user: &str,
+    changelog: &str,
+) -> anyhow::Result<()> {
+    let client = admin::admin_client(&kafka.admin()?)?;
+    let counts = admin::partition_counts(&client, Duration::from_secs(30))?;
+    let count = |t: &str| {
+        counts.get(t).copied().with_context(|| {
+            format!("input topic {t} does not exist: run cartstream-admin bootstrap")
+        })
+    };
+    let (kpi_n, enriched_n) = (count(kpi)?, count(enriched)?);
+    let replication = i32::try_from(
+        client
+            .inner()
+            .fetch_metadata(None, Duration::from_secs(10))?
+            .brokers()
+            .len()
+            .min(3),
+    )?;
+    let week = (7 * 24 * 3_600_000_i64).to_string();
+    let specs = [
+        TopicSpec {
+            name: by_user.to_string(),
+            partitions: enriched_n,
+            replication,
+            configs: vec![
+                ("cleanup.policy", "delete".to_string()),
+                ("retention.ms", week.clone()),
+            ],
+        },
+        TopicSpec {
+            name: changelog.to_string(),
+            partitions: kpi_n.max(enriched_n),
+            replication,
+            configs: vec![
+                ("cleanup.policy", "compact,delete".to_string()),
+                ("retention.ms", week),
+                ("min.cleanable.dirty.ratio", "0.1".to_string()),
+                ("segment.ms", 3_600_000_i64.to_string()),
+            ],
+        },
+    ];
+    admin::ensure_topics(&client, &specs, Duration::from_secs(30)).await?;
+    Ok(())
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        cli.trend_window > 0 && cli.user_window > 0,
+        "--trend-window and --user-window must be positive"
+    );
+    anyhow::ensure!(
+        cli.price_tolerance > 0.0,
+        "--price-tolerance must be positive"
+    );
+    let c = &cli.common;
+    let service = c.service.init("cartstream-detector").await?;
+    let metrics = Metrics::register()?;
+    let registry: Arc<Registry> = c.registry.connect()?;
+    let names = &c.names;
+    let group = c.group(STAGE);
+    let kpi_topic = names.name(Topic::KpiWindows);
+    let enriched_topic = names.name(Topic::Enriched);
+    // The group already carries the topic prefix.
+    let by_user = format!("{group}.by-user");
+    let changelog = format!("{group}.changelog");
+    let k = c.kafka.clone();
+    tokio::task::spawn_blocking(move || k.check(Duration::from_secs(30))).await??;
+    ensure_topics(&c.kafka, &kpi_topic, &enriched_topic, &by_user, &changelog).await?;
+
+    let detector = Detector {
+        windows_dec: Decoder::new(registry.clone()),
+        events_dec: Decoder::new(registry.clone()),
+        alert_enc: Encoder::register(&registry, &names.subject(Topic::Alerts)).await?,
+        kpi_topic: kpi_topic.clone(),
+        enriched_topic: enriched_topic.clone(),
+        by_user: by_user.clone(),
+        alerts_topic: names.name(Topic::Alerts),
+        changelog,
+        trend_cfg: TrendConfig {
+            window_ms: cli.trend_window,
+            history: cli.trend_history,
+            min_history: cli.trend_min_history,
+            k: cli.trend_k,
+            min_volume: cli.trend_min_volume,
+            min_ratio: cli.trend_min_ratio,
+        },
+        user_cfg: UserConfig {
+            window_ms: cli.user_window,
+            grace_ms: cli.user_grace,
+            max_purchases: cli.user_max_purchases,
+        },
+        price_cfg: PriceConfig {
+            tolerance: cli.price_tolerance,
+            catalog_currency: cli.catalog_currency.clone(),
+        },
+        idle_timeout: Duration::from_millis(cli.idle_timeout.max(0) as u64),
+        trends: HashMap::new(),
+        users: HashMap::new(),
+        owned: HashSet::new(),
+        restore_all: false,
+        kafka: c.kafka.clone(),
+        group,
+        metrics,
+        pending: Pending::default(),
+    };
+    tracing::info!(trend = ?detector.trend_cfg, user = ?detector.user_cfg, price = ?detector.price_cfg, "detecting");
+    c.run(
+        STAGE,
+        &[kpi_topic, enriched_topic, by_user],
+        &registry,
+        detector,
+        &service,
+    )
+    .await
+}
