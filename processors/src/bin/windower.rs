@@ -10,7 +10,8 @@
 //!    (dimension value, pane) to the internal topic `<group>-pre.repartition`, keyed by the
 //!    dimension value, followed by a watermark marker broadcast to every partition of it. A
 //!    partition without records for `--idle-timeout` adopts the lowest watermark of this
-//!    instance's active partitions, so it stops holding windows open. Its state (the watermark of
+//!    instance's active partitions (the highest of all when every partition is idle), so it stops
+//!    holding windows open. Its state (the watermark of
 //!    each input partition) is in the compacted `<group>-pre.changelog`.
 //! 2. `windower` (group `<group>`) reads the repartition topic, merges partials into panes and
 //!    emits a window when the minimum watermark over all input partitions passes its end plus
@@ -88,7 +89,8 @@ struct Cli {
     #[arg(long, env = "MAX_OUT_OF_ORDER", default_value = "5s", value_parser = parse_ms)]
     max_out_of_order: i64,
     /// A partition without records for this long (wall clock) stops holding the watermark back:
-    /// it adopts the lowest watermark of the instance's active partitions.
+    /// it adopts the lowest watermark of the instance's active partitions (the highest of all
+    /// when every partition is idle).
     #[arg(long, env = "IDLE_TIMEOUT", default_value = "30s", value_parser = parse_ms)]
     idle_timeout: i64,
     /// Emit early (is_final=false) results of the open windows that changed, at most this often
@@ -252,7 +254,14 @@ impl Processor for Pre {
                 .get(p)
                 .is_some_and(|t| now.duration_since(*t) < self.idle_timeout)
         });
-        if let Some(target) = active.iter().map(|(_, m)| m.watermark).min() {
+        // With no active partition at all (the stream went quiet, or right after a restart),
+        // the idle ones follow the most advanced of them.
+        let target = if active.is_empty() {
+            idle.iter().map(|(_, m)| m.watermark).max()
+        } else {
+            active.iter().map(|(_, m)| m.watermark).min()
+        };
+        if let Some(target) = target {
             if target != i64::MIN {
                 for (p, m) in idle {
                     if m.watermark < target {
