@@ -536,6 +536,23 @@ pub fn sessions_offline(events: &[EnrichedEvent], gap_ms: i64) -> Vec<Session> {
     out
 }
 
+/// The watermark an idle partition adopts, from `(watermark, idle)` of every partition of the
+/// instance: the lowest watermark of the active partitions (an active partition without one holds
+/// everything back), or the highest of all when every partition is idle. `None`: nothing to adopt.
+/// The windower uses the same rule.
+pub fn idle_target(parts: impl IntoIterator<Item = (i64, bool)>) -> Option<i64> {
+    let mut active_min: Option<i64> = None;
+    let mut all_max = i64::MIN;
+    for (wm, idle) in parts {
+        all_max = all_max.max(wm);
+        if !idle {
+            active_min = Some(active_min.map_or(wm, |m| m.min(wm)));
+        }
+    }
+    let t = active_min.unwrap_or(all_max);
+    (t != i64::MIN).then_some(t)
+}
+
 /// Parses a duration flag: `500ms`, `90s`, `30m`, `2h`, `1d` (a bare number is seconds).
 pub fn parse_duration_ms(s: &str) -> Result<i64, String> {
     let s = s.trim();
@@ -696,6 +713,20 @@ mod tests {
         assert_eq!(out[0].currency, "GBP");
         assert_eq!(out[0].order_id.as_deref(), Some("e1"));
         assert_eq!(s.mixed_currency(), 1);
+    }
+
+    #[test]
+    fn idle_partitions_adopt_the_slowest_active_one_or_the_fastest_of_all() {
+        assert_eq!(
+            idle_target([(10, false), (30, false), (50, true)]),
+            Some(10)
+        );
+        assert_eq!(
+            idle_target([(10, true), (30, true), (i64::MIN, true)]),
+            Some(30)
+        );
+        assert_eq!(idle_target([(i64::MIN, false), (30, true)]), None);
+        assert_eq!(idle_target([]), None);
     }
 
     #[test]

@@ -11,8 +11,9 @@
 //!   on one partition whatever their session.
 //! - `<group>.by-user`: purchases per user in event-time tumbling windows of `--user-window`;
 //!   more than `--user-max-purchases` in one window raises an alert once the window is final
-//!   (watermark per partition past its end + `--user-grace`; idle partitions follow the highest
-//!   watermark of the instance after `--idle-timeout`). A purchase later than that is
+//!   (watermark per partition past its end + `--user-grace`; after `--idle-timeout` without
+//!   records a partition adopts the lowest watermark of the instance's active ones, the highest of
+//!   all when every one is idle). A purchase later than that is
 //!   dead-lettered as `late_event`.
 //!
 //! Alerts go to `alerts.raised` (key: the subject id) with deterministic ids (type, subject,
@@ -37,7 +38,7 @@ use cartstream_kafka::{read, KafkaArgs, Topic};
 use cartstream_processors::detect::{
     price_anomaly, PriceCheck, PriceConfig, Seen, TrendConfig, Trends, UserBursts, UserConfig,
 };
-use cartstream_processors::session::parse_duration_ms;
+use cartstream_processors::session::{idle_target, parse_duration_ms};
 use cartstream_stream::{Input, Output, ProcessError, Processor, ProcessorArgs, StageMetrics};
 use clap::Parser;
 use prometheus::{register_int_counter_vec, register_int_gauge_vec, IntCounterVec, IntGaugeVec};
@@ -81,8 +82,8 @@ struct Cli {
     /// How late a purchase may reach the per-user windows.
     #[arg(long, env = "USER_GRACE", default_value = "2m", value_parser = parse_duration_ms)]
     user_grace: i64,
-    /// Wall time without records after which a by-user partition follows the instance's highest
-    /// watermark.
+    /// Wall time without records after which a by-user partition adopts the lowest watermark of
+    /// the instance's active ones (the highest of all when every one is idle).
     #[arg(long, env = "IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration_ms)]
     idle_timeout: i64,
     /// Largest normal relative distance between a purchase's price and the catalog price.
@@ -393,19 +394,22 @@ impl Processor for Detector {
     async fn on_tick(&mut self, out: &mut Output) -> Result<(), ProcessError> {
         self.restore_if_rolled_back().await?;
         let now = Instant::now();
-        let front = self
-            .users
-            .values()
-            .map(|u| u.bursts.watermark())
-            .max()
-            .unwrap_or(i64::MIN);
+        let target = idle_target(self.users.values().map(|u| {
+            (
+                u.bursts.watermark(),
+                now.duration_since(u.last_record) >= self.idle_timeout,
+            )
+        }));
         let detected = now_ms();
         let mut alerts = Vec::new();
         let mut changes: Vec<(i32, Vec<u8>, Vec<u8>)> = Vec::new();
         let mut slowest = i64::MAX;
         for (p, u) in self.users.iter_mut() {
-            if front != i64::MIN && now.duration_since(u.last_record) >= self.idle_timeout {
-                u.bursts.advance_to(front);
+            if let (Some(t), true) = (
+                target,
+                now.duration_since(u.last_record) >= self.idle_timeout,
+            ) {
+                u.bursts.advance_to(t);
             }
             alerts.extend(u.bursts.close(detected));
             changes.extend(u.bursts.take_changes().into_iter().map(|(k, v)| (*p, k, v)));

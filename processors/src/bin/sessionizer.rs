@@ -7,11 +7,11 @@
 //! than the grace behind its partition's watermark goes to the dead-letter topic with the code
 //! `late_event` (its lateness in the message, its bytes kept for a replay).
 //!
-//! **Idle partitions.** A partition that received no record for `--idle-timeout` (wall clock) has
-//! its watermark raised to the highest watermark among this instance's partitions, so its sessions
-//! close while the others move on. This is safe as long as an event is never more than the grace
-//! behind the newest event of the whole stream; pick the timeout above the longest stall one
-//! upstream partition may have. With `--idle-wall-advance`, when *every* partition is idle, the
+//! **Idle partitions.** A partition that received no record for `--idle-timeout` (wall clock)
+//! adopts the lowest watermark of this instance's active partitions, or the highest of all when
+//! every partition is idle (the windower's rule), so its sessions close while the others move on.
+//! This is safe as long as an event is never more than the grace behind the newest event of the
+//! whole stream; pick the timeout above the longest stall one upstream partition may have. With `--idle-wall-advance`, when *every* partition is idle, the
 //! watermarks also move with the wall clock (for live event time only: a stall upstream longer
 //! than the grace then turns the events it held back into late events).
 //!
@@ -33,7 +33,7 @@ use cartstream_events::types::{EnrichedEvent, Session};
 use cartstream_events::{wire, Decoder, Encoder, Registry};
 use cartstream_kafka::admin::{self, TopicSpec};
 use cartstream_kafka::{read, KafkaArgs, Topic};
-use cartstream_processors::session::{parse_duration_ms, SessionConfig, Sessions};
+use cartstream_processors::session::{idle_target, parse_duration_ms, SessionConfig, Sessions};
 use cartstream_stream::{Input, Output, ProcessError, Processor, ProcessorArgs, StageMetrics};
 use clap::Parser;
 use prometheus::{register_int_counter_vec, register_int_gauge_vec, IntCounterVec, IntGaugeVec};
@@ -58,8 +58,8 @@ struct Cli {
     /// passes its end + gap + grace.
     #[arg(long, env = "SESSION_GRACE", default_value = "5m", value_parser = parse_duration_ms)]
     grace: i64,
-    /// Wall time without records after which a partition counts as idle and its watermark
-    /// follows the highest watermark of this instance's partitions.
+    /// Wall time without records after which a partition counts as idle: it adopts the lowest
+    /// watermark of this instance's active partitions (the highest of all when all are idle).
     #[arg(long, env = "IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration_ms)]
     idle_timeout: i64,
     /// When every partition is idle, advance the watermarks with the wall clock (live event time
@@ -233,12 +233,11 @@ impl Processor for Sessionizer {
         self.restore_if_rolled_back().await?;
         let now = Instant::now();
         let idle = |p: &Part| now.duration_since(p.last_record) >= self.idle_timeout;
-        let front = self
-            .parts
-            .values()
-            .map(|p| p.sessions.watermark())
-            .max()
-            .unwrap_or(i64::MIN);
+        let target = idle_target(
+            self.parts
+                .values()
+                .map(|p| (p.sessions.watermark(), idle(p))),
+        );
         let all_idle = self.parts.values().all(idle);
         let wall_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -246,8 +245,8 @@ impl Processor for Sessionizer {
         let mut slowest = i64::MAX;
         for (p, part) in self.parts.iter_mut() {
             if now.duration_since(part.last_record) >= self.idle_timeout {
-                if front != i64::MIN {
-                    part.sessions.advance_to(front);
+                if let Some(t) = target {
+                    part.sessions.advance_to(t);
                 }
                 if all_idle && self.idle_wall_advance && part.last_watermark != i64::MIN {
                     // Whole seconds, so an idle instance does not rewrite its watermark every tick.
