@@ -492,7 +492,6 @@ pub async fn run(ctx: Context<'_>) -> anyhow::Result<()> {
         shutdown,
         health,
     } = ctx;
-    let m = SinkMetrics::get();
     let dlq = DeadLetters::new(
         kafka,
         &registry,
@@ -509,6 +508,7 @@ pub async fn run(ctx: Context<'_>) -> anyhow::Result<()> {
         .collect();
     let consumer =
         source::consumer(kafka, &group, args.group.instance_id.as_deref(), &inputs).await?;
+    source::spawn_lag_reporter(kafka, &group, inputs.clone(), SINK, shutdown.clone());
     tracing::info!(group, inputs = ?inputs, lake = %lake.store, prefix = %lake.prefix, "writing");
     health.set_ready(true);
     let mut sink = Sink {
@@ -528,7 +528,6 @@ pub async fn run(ctx: Context<'_>) -> anyhow::Result<()> {
     };
     let mut owned = Owned::default();
     let mut last_tick = Instant::now();
-    let mut last_lag = Instant::now();
     while !shutdown.is_triggered() {
         let mut received = None;
         tokio::select! {
@@ -588,14 +587,6 @@ pub async fn run(ctx: Context<'_>) -> anyhow::Result<()> {
                 sink.flush(&k).await?;
             }
         }
-        if last_lag.elapsed() > Duration::from_secs(5) {
-            last_lag = Instant::now();
-            for (t, p, lag) in tokio::task::block_in_place(|| source::lag(&sink.consumer)) {
-                m.lag
-                    .with_label_values(&[SINK, &t, &p.to_string()])
-                    .set(lag);
-            }
-        }
     }
     // Graceful stop: flush what is buffered (a partition waiting for its recorded cut is left
     // to the next run, which replays it to the same cut).
@@ -622,6 +613,11 @@ impl Sink<'_> {
     async fn accept(&mut self, msg: &OwnedMessage, dlq: &DeadLetters) -> anyhow::Result<bool> {
         let key = (msg.topic().to_string(), msg.partition());
         let offset = msg.offset();
+        let m = SinkMetrics::get();
+        m.consumed.with_label_values(&[SINK]).inc();
+        m.consumed_bytes
+            .with_label_values(&[SINK])
+            .inc_by(msg.payload().map_or(0, <[u8]>::len) as u64);
         // Decode; a registry outage is retried, a bad record dead-lettered (its offset still
         // belongs to the partition's range).
         let mut backoff = Duration::from_millis(200);

@@ -9,6 +9,9 @@ use prometheus::{
 };
 
 pub struct SinkMetrics {
+    /// Records read from Kafka, and their value bytes.
+    pub consumed: IntCounterVec,
+    pub consumed_bytes: IntCounterVec,
     /// Records consumed and written (rows upserted / rows in uploaded files), per target.
     pub rows_written: IntCounterVec,
     pub write_seconds: HistogramVec,
@@ -29,6 +32,16 @@ impl SinkMetrics {
 
     fn register() -> prometheus::Result<Self> {
         Ok(SinkMetrics {
+            consumed: register_int_counter_vec!(
+                "cartstream_sink_consumed_total",
+                "Records read from the input topics (written, dead-lettered or buffered)",
+                &["sink"]
+            )?,
+            consumed_bytes: register_int_counter_vec!(
+                "cartstream_sink_consumed_bytes_total",
+                "Value bytes of the records read from the input topics",
+                &["sink"]
+            )?,
             rows_written: register_int_counter_vec!(
                 "cartstream_sink_rows_written_total",
                 "Rows written (CQL upserts, or rows of uploaded Parquet files), by sink and target",

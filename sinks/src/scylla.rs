@@ -225,8 +225,8 @@ impl Writer {
                 Err(e) => {
                     attempts += 1;
                     m.retries.with_label_values(&[SINK, "write"]).inc();
-                    if attempts == 1 || attempts.is_multiple_of(20) {
-                        tracing::warn!(error = %format!("{e:#}"), attempts, table = row.target(), "write failed, retrying");
+                    if should_warn() {
+                        tracing::warn!(error = %format!("{e:#}"), attempts, table = row.target(), "write failed, retrying (one line per second at most)");
                     }
                     if source::sleep_or_shutdown(backoff, shutdown).await {
                         return Err(Stopped);
@@ -236,6 +236,15 @@ impl Writer {
             }
         }
     }
+}
+
+/// At most one warning per second for failed writes: during an outage every in-flight write
+/// fails at once.
+fn should_warn() -> bool {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = crate::dlq::now_ms() as u64 / 1000;
+    LAST.swap(now, Ordering::Relaxed) != now
 }
 
 /// The sink was asked to stop before its work was done: nothing may be committed.
@@ -370,12 +379,12 @@ pub async fn run(ctx: Context<'_>) -> anyhow::Result<()> {
     let inputs: Vec<String> = decoders.topics.keys().cloned().collect();
     let consumer =
         source::consumer(kafka, &group, args.group.instance_id.as_deref(), &inputs).await?;
+    source::spawn_lag_reporter(kafka, &group, inputs.clone(), SINK, shutdown.clone());
     tracing::info!(group, inputs = ?inputs, keyspace = %cql.keyspace, max_in_flight = args.max_in_flight, "writing");
     health.set_ready(true);
 
     let linger = Duration::from_millis(args.batch_linger_ms);
     let mut owned = Owned::default();
-    let mut last_lag = Instant::now();
     let in_flight = m.in_flight.with_label_values(&[SINK]);
     while !shutdown.is_triggered() {
         // 1. Gather.
@@ -421,6 +430,16 @@ pub async fn run(ctx: Context<'_>) -> anyhow::Result<()> {
             continue;
         }
 
+        m.consumed
+            .with_label_values(&[SINK])
+            .inc_by(batch.len() as u64);
+        m.consumed_bytes.with_label_values(&[SINK]).inc_by(
+            batch
+                .iter()
+                .map(|b| b.payload().map_or(0, <[u8]>::len) as u64)
+                .sum(),
+        );
+        let gathered = Instant::now();
         // 2. Decode; dead-letter what cannot be.
         let mut rows_: Vec<Row> = Vec::with_capacity(batch.len());
         for msg in &batch {
@@ -473,6 +492,7 @@ pub async fn run(ctx: Context<'_>) -> anyhow::Result<()> {
             return finish(health);
         }
 
+        let written = Instant::now();
         // 4. Commit what the writes cover.
         let mut next: BTreeMap<(String, i32), (i64, Option<String>)> = BTreeMap::new();
         for msg in &batch {
@@ -503,14 +523,12 @@ pub async fn run(ctx: Context<'_>) -> anyhow::Result<()> {
                 }
             }
         }
-        if last_lag.elapsed() > Duration::from_secs(5) {
-            last_lag = Instant::now();
-            for (t, p, lag) in tokio::task::block_in_place(|| source::lag(&consumer)) {
-                m.lag
-                    .with_label_values(&[SINK, &t, &p.to_string()])
-                    .set(lag);
-            }
-        }
+        tracing::debug!(
+            records = batch.len(),
+            write_ms = (written - gathered).as_millis() as u64,
+            commit_ms = written.elapsed().as_millis() as u64,
+            "batch"
+        );
     }
     consumer.unsubscribe();
     finish(health)

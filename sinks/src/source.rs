@@ -206,27 +206,64 @@ pub fn committed(
     Ok((offset, e.metadata().to_string()))
 }
 
-/// Records between each owned partition's committed offset and its end, summed per topic.
-pub fn lag(consumer: &SourceConsumer) -> Vec<(String, i32, i64)> {
-    let Ok(assignment) = consumer.assignment() else {
-        return Vec::new();
+/// Reports the commit lag of `group` on `topics` (records between each partition's committed
+/// offset and its end) every 10 s, from a client of its own, off the sink's hot path.
+pub fn spawn_lag_reporter(
+    kafka: &KafkaArgs,
+    group: &str,
+    topics: Vec<String>,
+    sink: &'static str,
+    shutdown: cartstream_runtime::Shutdown,
+) {
+    let Ok(conf) = kafka.consumer(group) else {
+        return;
     };
-    let Ok(committed) = consumer.committed_offsets(assignment, Duration::from_secs(5)) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for e in committed.elements() {
-        if let Ok((_, high)) =
-            consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(5))
-        {
-            let c = match e.offset() {
-                Offset::Offset(o) => o,
-                _ => 0,
-            };
-            out.push((e.topic().to_string(), e.partition(), (high - c).max(0)));
+    std::thread::spawn(move || {
+        let Ok(c) = conf.create::<BaseConsumer>() else {
+            return;
+        };
+        let gauge = &crate::metrics::SinkMetrics::get().lag;
+        while !shutdown.is_triggered() {
+            if let Ok(md) = c.fetch_metadata(None, Duration::from_secs(5)) {
+                let mut tpl = TopicPartitionList::new();
+                let mut ends = Vec::new();
+                for t in md
+                    .topics()
+                    .iter()
+                    .filter(|t| topics.iter().any(|x| x == t.name()))
+                {
+                    for p in t.partitions() {
+                        if let Ok((_, high)) =
+                            c.fetch_watermarks(t.name(), p.id(), Duration::from_secs(5))
+                        {
+                            tpl.add_partition(t.name(), p.id());
+                            ends.push((t.name().to_string(), p.id(), high));
+                        }
+                    }
+                }
+                if let Ok(committed) = c.committed_offsets(tpl, Duration::from_secs(5)) {
+                    for (t, p, high) in ends {
+                        let done = committed
+                            .find_partition(&t, p)
+                            .and_then(|e| match e.offset() {
+                                Offset::Offset(o) => Some(o),
+                                _ => None,
+                            })
+                            .unwrap_or(0);
+                        gauge
+                            .with_label_values(&[sink, &t, &p.to_string()])
+                            .set((high - done).max(0));
+                    }
+                }
+            }
+            for _ in 0..100 {
+                if shutdown.is_triggered() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
-    }
-    out
+    });
 }
 
 /// Consumer-group flags of a sink.

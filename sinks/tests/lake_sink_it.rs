@@ -155,18 +155,18 @@ async fn the_lake_holds_every_event_once_through_kills_and_compaction() {
         "--max-file-age-secs",
         "1",
     ];
-    let mut child = common::spawn(BIN, &args, &[]);
+    let mut child = common::Guard(common::spawn(BIN, &args, &[]));
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
     let (mut kills, mut planned_exits) = (0, 0);
     for round in 0..8 {
         tokio::time::sleep(Duration::from_millis(rng.random_range(1200..2500))).await;
         if round % 4 == 3 {
             // Let it exit by itself right after its 2nd upload, before the commit.
-            common::kill9(&mut child);
-            child = common::spawn(BIN, &args, &[("CARTSTREAM_LAKE_EXIT_AFTER_UPLOADS", "2")]);
+            common::kill9(&mut child.0);
+            child.0 = common::spawn(BIN, &args, &[("CARTSTREAM_LAKE_EXIT_AFTER_UPLOADS", "2")]);
             let deadline = Instant::now() + Duration::from_secs(30);
             let status = loop {
-                if let Some(s) = child.try_wait().unwrap() {
+                if let Some(s) = child.0.try_wait().unwrap() {
                     break s;
                 }
                 assert!(Instant::now() < deadline, "the upload hook did not fire");
@@ -175,10 +175,10 @@ async fn the_lake_holds_every_event_once_through_kills_and_compaction() {
             assert_eq!(status.code(), Some(86), "exited through the upload hook");
             planned_exits += 1;
         } else {
-            common::kill9(&mut child);
+            common::kill9(&mut child.0);
             kills += 1;
         }
-        child = common::spawn(BIN, &args, &[]);
+        child.0 = common::spawn(BIN, &args, &[]);
     }
     let sent = producing.await.unwrap();
     let group = format!("{prefix}cartstream-lake-sink");
@@ -187,7 +187,7 @@ async fn the_lake_holds_every_event_once_through_kills_and_compaction() {
         assert!(Instant::now() < deadline, "the lake sink did not catch up");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    assert!(common::terminate(&mut child).success(), "graceful exit");
+    assert!(common::terminate(&mut child.0).success(), "graceful exit");
 
     let r = read_lake(&lake, &topic);
     let ids: BTreeSet<String> = serde_json::from_value(r["ids"].clone()).unwrap();

@@ -247,12 +247,12 @@ async fn chaos(n: usize, kills: usize, outage: bool, tag: &str) {
         "--max-in-flight",
         "64",
     ];
-    let mut child = common::spawn(BIN, &args, &[]);
+    let mut child = common::Guard(common::spawn(BIN, &args, &[]));
     let mut rng = rand::rngs::StdRng::seed_from_u64(9);
     for _ in 0..kills {
         tokio::time::sleep(Duration::from_millis(rng.random_range(1000..2500))).await;
-        common::kill9(&mut child);
-        child = common::spawn(BIN, &args, &[]);
+        common::kill9(&mut child.0);
+        child.0 = common::spawn(BIN, &args, &[]);
     }
     if outage {
         tokio::time::sleep(Duration::from_secs(5)).await;
@@ -261,7 +261,7 @@ async fn chaos(n: usize, kills: usize, outage: bool, tag: &str) {
         // The sink keeps running through the outage, retrying.
         tokio::time::sleep(Duration::from_secs(30)).await;
         assert!(
-            child.try_wait().unwrap().is_none(),
+            child.0.try_wait().unwrap().is_none(),
             "the sink waits for the database"
         );
         stack("start");
@@ -284,10 +284,10 @@ async fn chaos(n: usize, kills: usize, outage: bool, tag: &str) {
             Instant::now() < deadline,
             "the scylla sink did not catch up"
         );
-        assert!(child.try_wait().unwrap().is_none(), "the sink died");
+        assert!(child.0.try_wait().unwrap().is_none(), "the sink died");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    assert!(common::terminate(&mut child).success(), "graceful exit");
+    assert!(common::terminate(&mut child.0).success(), "graceful exit");
 
     // The session may have lost its connections during an outage: use a fresh one.
     let session = cargs.connect().await.unwrap();

@@ -97,6 +97,16 @@ pub fn spawn(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Child {
         .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"))
 }
 
+/// Kills the child when dropped, so a failing test leaves no sink running.
+pub struct Guard(pub Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 pub fn kill9(child: &mut Child) {
     let _ = child.kill();
     let _ = child.wait();
