@@ -119,7 +119,19 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
     let (f_tx, f_rx) = watch::channel(None);
 
     if a.cql.write_forecasts {
-        let (session, insert) = a.cql.connect().await?;
+        // The database may be starting along with us: retry for a while before giving up.
+        let mut attempt = 0;
+        let (session, insert) = loop {
+            attempt += 1;
+            match a.cql.connect().await {
+                Ok(c) => break c,
+                Err(e) if attempt < 10 && !svc.shutdown.is_triggered() => {
+                    tracing::warn!(attempt, error = %format!("{e:#}"), "CQL database not reachable yet, retrying");
+                    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         tokio::spawn(service::write_forecasts(
             session,
             insert,
@@ -283,6 +295,11 @@ async fn history_from_topic(a: &TrainArgs) -> anyhow::Result<History> {
     for m in &records {
         use rdkafka::Message;
         partitions.insert(m.partition());
+    }
+    // Every record is at hand: periods close only at the end.
+    agg.expect_partitions(&partitions.iter().copied().collect::<Vec<_>>());
+    for m in &records {
+        use rdkafka::Message;
         match m.payload() {
             Some(b) => match decoder.decode(b).await {
                 Ok(w) => {
@@ -333,4 +350,15 @@ async fn rollback(a: StoreArgs) -> anyhow::Result<()> {
     let p = registry.rollback(service::now_ms()).await?;
     println!("champion is now {} ({})", p.version, p.reason);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
 }

@@ -156,6 +156,14 @@ impl Aggregator {
         Accepted::Used
     }
 
+    /// Partitions that will be read: until each has delivered a final window or reached its
+    /// end, no period closes (a partition not heard from yet may hold any period).
+    pub fn expect_partitions(&mut self, partitions: &[i32]) {
+        for p in partitions {
+            self.partitions.entry(*p).or_default();
+        }
+    }
+
     /// The partition has no more records for now: it no longer holds periods open.
     pub fn partition_at_end(&mut self, partition: i32) {
         self.partitions.entry(partition).or_default().at_end = true;
@@ -163,12 +171,16 @@ impl Aggregator {
 
     /// Start of the first period not known to be complete.
     fn watermark(&self) -> Option<i64> {
-        let busy: Vec<i64> = self
+        let busy: Vec<Option<i64>> = self
             .partitions
             .values()
             .filter(|p| !p.at_end)
-            .filter_map(|p| p.max_start)
+            .map(|p| p.max_start)
             .collect();
+        if busy.iter().any(Option::is_none) {
+            return None;
+        }
+        let busy: Vec<i64> = busy.into_iter().flatten().collect();
         if busy.is_empty() {
             // Every partition is at its end: the newest window seen may still be incomplete.
             self.partitions.values().filter_map(|p| p.max_start).max()
@@ -419,6 +431,22 @@ mod tests {
         let closed = a.drain_closed();
         assert_eq!(closed.iter().map(|c| c.0).collect::<Vec<_>>(), vec![0, 1]);
         assert_eq!(closed[0].1.len(), 2);
+    }
+
+    #[test]
+    fn an_expected_partition_not_heard_from_holds_every_period() {
+        let mut a = Aggregator::new(60_000, 60_000, false).unwrap();
+        a.expect_partitions(&[0, 1, 2]);
+        a.accept(0, &window(Dimension::Category, "a", 0, 60_000, 1));
+        a.accept(0, &window(Dimension::Category, "a", 60_000, 60_000, 1));
+        assert!(a.drain_closed().is_empty());
+        a.partition_at_end(2); // empty partition
+        a.accept(1, &window(Dimension::Category, "b", 60_000, 60_000, 1));
+        assert_eq!(
+            a.drain_closed().len(),
+            1,
+            "period 0 closes once both busy partitions passed it"
+        );
     }
 
     #[test]

@@ -138,23 +138,23 @@ pub struct CqlArgs {
         env = "SCYLLA_URI",
         default_value = "127.0.0.1:9042"
     )]
-    pub uri: String,
+    pub scylla_uri: String,
     /// Keyspace holding forecasts_by_category.
     #[arg(
         long = "scylla-keyspace",
         env = "SCYLLA_KEYSPACE",
         default_value = "cartstream"
     )]
-    pub keyspace: String,
+    pub scylla_keyspace: String,
     #[arg(long = "scylla-username", env = "SCYLLA_USERNAME")]
-    pub username: Option<String>,
+    pub scylla_username: Option<String>,
     /// Password (prefer the environment variable).
     #[arg(
         long = "scylla-password",
         env = "SCYLLA_PASSWORD",
         hide_env_values = true
     )]
-    pub password: Option<String>,
+    pub scylla_password: Option<String>,
     /// Write forecasts to forecasts_by_category (false: API and gauges only).
     #[arg(long, env = "WRITE_FORECASTS", default_value_t = true, action = clap::ArgAction::Set)]
     pub write_forecasts: bool,
@@ -166,10 +166,13 @@ pub struct CqlArgs {
 impl std::fmt::Debug for CqlArgs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CqlArgs")
-            .field("uri", &self.uri)
-            .field("keyspace", &self.keyspace)
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("uri", &self.scylla_uri)
+            .field("keyspace", &self.scylla_keyspace)
+            .field("username", &self.scylla_username)
+            .field(
+                "password",
+                &self.scylla_password.as_ref().map(|_| "<redacted>"),
+            )
             .field("write_forecasts", &self.write_forecasts)
             .finish()
     }
@@ -177,7 +180,7 @@ impl std::fmt::Debug for CqlArgs {
 
 impl CqlArgs {
     pub async fn connect(&self) -> anyhow::Result<(Arc<Session>, PreparedStatement)> {
-        let ks = &self.keyspace;
+        let ks = &self.scylla_keyspace;
         let ok = !ks.is_empty()
             && ks.len() <= 48
             && ks.starts_with(|c: char| c.is_ascii_lowercase())
@@ -190,15 +193,19 @@ impl CqlArgs {
             );
         }
         let mut b = SessionBuilder::new()
-            .known_nodes(self.uri.split(',').map(str::trim).filter(|s| !s.is_empty()))
+            .known_nodes(
+                self.scylla_uri
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty()),
+            )
             .connection_timeout(Duration::from_secs(10));
-        if let Some(user) = &self.username {
-            b = b.user(user, self.password.clone().unwrap_or_default());
+        if let Some(user) = &self.scylla_username {
+            b = b.user(user, self.scylla_password.clone().unwrap_or_default());
         }
-        let session = b
-            .build()
-            .await
-            .with_context(|| format!("cannot connect to the CQL database at {}", self.uri))?;
+        let session = b.build().await.with_context(|| {
+            format!("cannot connect to the CQL database at {}", self.scylla_uri)
+        })?;
         let insert = session
             .prepare(insert_forecast_cql(ks))
             .await
@@ -498,6 +505,7 @@ impl EngineLoop {
             tpl.add_partition_offset(&self.topic, *p, Offset::Beginning)?;
         }
         consumer.assign(&tpl)?;
+        self.aggregator.expect_partitions(&partitions);
         tracing::info!(topic = %self.topic, partitions = partitions.len(), "replaying kpi windows from the beginning");
         let mut at_end: HashSet<i32> = HashSet::new();
         while !self.shutdown.is_triggered() {
