@@ -253,13 +253,43 @@ impl ClientContext for LoopContext {
         let m = StageMetrics::get();
         for (topic, t) in &stats.topics {
             for (p, s) in &t.partitions {
-                if *p >= 0 && s.consumer_lag >= 0 {
-                    m.lag
-                        .with_label_values(&[self.stage, topic.as_str(), &p.to_string()])
-                        .set(s.consumer_lag);
+                if let Some(lag) = partition_lag(s) {
+                    if *p >= 0 {
+                        m.lag
+                            .with_label_values(&[self.stage, topic.as_str(), &p.to_string()])
+                            .set(lag);
+                    }
                 }
             }
         }
+    }
+}
+
+/// Records behind the end of a partition we consume. librdkafka's own `consumer_lag` is measured
+/// from the consumer's committed offset, which it never learns in exactly-once mode (offsets go
+/// through the producer's transaction), so it stays -1 there. The position the loop has consumed to
+/// (`app_offset`) against the last stable offset (the end visible to `read_committed`) works in
+/// both modes; it may count the current, not yet committed batch as done.
+fn partition_lag(s: &rdkafka::statistics::Partition) -> Option<i64> {
+    if s.fetch_state != "active" {
+        return None;
+    }
+    let end = if s.ls_offset >= 0 {
+        s.ls_offset
+    } else {
+        s.hi_offset
+    };
+    if end < 0 {
+        return None;
+    }
+    if s.app_offset >= 0 {
+        Some((end - s.app_offset).max(0))
+    } else if s.committed_offset >= 0 {
+        Some((end - s.committed_offset).max(0))
+    } else {
+        // Nothing consumed yet on this assignment: behind by what lies after the fetch position
+        // (the committed offset the partition was assigned at).
+        (s.next_offset >= 0).then(|| (end - s.next_offset).max(0))
     }
 }
 
