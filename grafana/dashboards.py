@@ -201,18 +201,27 @@ def model():
     b.stat("Live error (sMAPE)", "Forecasts compared with the actuals of the KPI windows as they arrive.",
            [("max by (target) (cartstream_model_live_smape)", "{{target}}")], w=8, h=5)
     b.stat("Forecast requests / s", "HTTP forecast requests served.",
-           [(f"sum(rate(cartstream_model_requests_total[{RATE}]))", "requests / s")], w=8, h=5)
+           [(f"sum(rate(cartstream_model_http_requests_total[{RATE}]))", "requests / s")], w=8, h=5)
     b.row("Quality over time")
-    b.ts("Live error vs threshold", "sMAPE of recent forecasts; a retrain starts above the threshold.",
+    b.ts("Live error", "sMAPE of recent forecasts against the actuals; a retrain starts above the "
+         "service's --error-threshold.",
          [("max by (target) (cartstream_model_live_smape)", "{{target}}"),
-          ("max(cartstream_model_error_threshold)", "threshold")], w=12)
+          ("max by (target) (cartstream_model_live_relative_error)", "{{target}} vs seasonal-naive")], w=12)
     b.ts("Input drift (PSI) per feature", "Population stability index of live features against training.",
          [("max by (feature) (cartstream_model_drift_psi)", "{{feature}}")], w=12)
-    b.ts("Retrains and decisions", "Retrains by trigger and what was decided (promoted, rejected, rolled back).",
-         [(f"sum by (decision) (increase(cartstream_model_decisions_total[{RATE}]))", "{{decision}}")], w=12)
-    b.ts("Forecast latency p99 (s)", "Per request.",
-         [(f"histogram_quantile(0.99, sum by (le) (rate(cartstream_model_request_seconds_bucket[{RATE}])))",
-           "p99")], w=12, unit="s")
+    b.ts("Retrains and decisions", "Retrains by trigger, and what was decided about each challenger.",
+         [("sum by (trigger) (cartstream_model_retrains_total)", "retrain: {{trigger}}"),
+          ("sum by (decision) (cartstream_model_decisions_total)", "{{decision}}")], w=12)
+    b.ts("Forecast latency p99 (s)", "Per API route.",
+         [(f"histogram_quantile(0.99, sum by (route, le) "
+           f"(rate(cartstream_model_http_request_duration_seconds_bucket[{RATE}])))", "{{route}}")],
+         w=12, unit="s")
+    b.bars("Forecast for the next period", "Purchases forecast per category for the next period.",
+           [('topk(10, max by (category) (cartstream_model_forecast_next_period{target="purchases"}))',
+             "{{category}}")], w=12)
+    b.ts("Hold-out error: champion vs baselines", "MAE on the held-out range when the champion was "
+         "trained, next to seasonal-naive and moving-average on the same range.",
+         [("max by (target, model) (cartstream_model_holdout_mae)", "{{target}} {{model}}")], w=12)
     return b
 
 
