@@ -42,9 +42,10 @@ pub struct ModelArgs {
     /// shorter periods compress the calendar, e.g. for tests).
     #[arg(long, env = "MODEL_PERIOD_MS", default_value_t = 3_600_000)]
     pub period_ms: i64,
-    /// Size of the tumbling kpi.windows windows to read (must divide the period); other sizes
-    /// are ignored, so hopping or larger windows are never counted twice.
-    #[arg(long, env = "MODEL_WINDOW_SIZE_MS", default_value_t = 3_600_000)]
+    /// Size of the tumbling kpi.windows windows to read (must divide the period; the windower's
+    /// default is 1 min); other sizes are ignored, so hopping or other windows are never counted
+    /// twice.
+    #[arg(long, env = "MODEL_WINDOW_SIZE_MS", default_value_t = 60_000)]
     pub window_size_ms: i64,
     /// Also forecast product series (served by the API, not exported as gauges).
     #[arg(long, env = "MODEL_PRODUCTS")]

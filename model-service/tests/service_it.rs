@@ -67,6 +67,7 @@ fn start(prefix: &str, keyspace: &str, store: &str) -> Service {
         .env("METRICS_ADDR", format!("127.0.0.1:{mp}"))
         .env("HTTP_ADDR", format!("127.0.0.1:{ap}"))
         .env("MODEL_STORE_URL", store)
+        .env("MODEL_WINDOW_SIZE_MS", PERIOD_MS.to_string())
         .env("MODEL_HOLDOUT_PERIODS", "24")
         .env("MODEL_TRAIN_WINDOW_PERIODS", "168")
         .env("MODEL_ERROR_THRESHOLD", ERROR_THRESHOLD.to_string())
