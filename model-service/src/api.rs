@@ -191,13 +191,14 @@ async fn command(
     }
 }
 
-async fn rollback(State(shared): State<Arc<Shared>>) -> Response {
+// The body is read (and ignored) so the size limit applies: 413 over 1 KiB.
+async fn rollback(State(shared): State<Arc<Shared>>, _body: axum::body::Bytes) -> Response {
     let started = Instant::now();
     let r = command(&shared, Command::Rollback, StatusCode::CONFLICT).await;
     observe("rollback", started, r)
 }
 
-async fn retrain(State(shared): State<Arc<Shared>>) -> Response {
+async fn retrain(State(shared): State<Arc<Shared>>, _body: axum::body::Bytes) -> Response {
     let started = Instant::now();
     let r = command(&shared, Command::Retrain, StatusCode::UNPROCESSABLE_ENTITY).await;
     observe("retrain", started, r)
