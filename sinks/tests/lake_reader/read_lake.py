@@ -5,7 +5,7 @@
 Walks LAKE_DIR/topic=TOPIC/date=*/hour=*/, applies the reader rule (skip a file whose
 <partition>-<first>-<last> range lies within another file's range of the same partition in the
 same directory), checks each file's Hive path against its rows' event_time, reads the kept files
-and prints one JSON object: rows, per-id counts of ids seen more than once, the set of ids, the
+and prints one JSON object: rows, counts by event_type, purchase revenue in cents per currency, per-id counts of ids seen more than once, the set of ids, the
 column sets seen, how many values each optional column has, and a digest of the content (rows
 sorted by event_id, every column) that does not depend on how rows are split into files.
 """
@@ -62,6 +62,13 @@ def main():
     for name in table.schema.names:
         optional[name] = len(ids) - table.column(name).null_count
     rows = table.to_pylist()
+    by_type, revenue_cents = {}, {}
+    for r in rows:
+        t = r.get("event_type")
+        by_type[t] = by_type.get(t, 0) + 1
+        if t == "purchase":
+            cur = r["currency"].strip().upper()
+            revenue_cents[cur] = revenue_cents.get(cur, 0) + round(r["price"] * 100) * r["quantity"]
     rows.sort(key=lambda r: r["event_id"])
     digest = hashlib.sha256()
     for r in rows:
@@ -83,6 +90,8 @@ def main():
         "digest": digest.hexdigest(),
         "hive_errors": hive_errors,
         "compression": sorted(compression),
+        "by_type": by_type,
+        "revenue_cents": revenue_cents,
     }))
 
 
