@@ -318,6 +318,415 @@ impl Trends {
     }
 }
 
+/// The part of a `kpi.windows` record the trend rule needs, forwarded by the detector to its
+/// internal topic `<group>.by-subject` keyed by [`SubjectWindow::key`]: `kpi.windows` is keyed by
+/// dimension/value/window/size/currency, so one subject's windows (and one window's currencies)
+/// are spread over partitions; keyed by subject they meet on one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubjectWindow {
+    pub dimension: Dimension,
+    pub value: String,
+    pub window_start: i64,
+    pub window_end: i64,
+    pub currency: String,
+    pub purchases: i64,
+}
+
+impl SubjectWindow {
+    /// The record of a final tumbling product/category window of the watched size.
+    pub fn of(w: &KpiWindow, cfg: &TrendConfig) -> Option<SubjectWindow> {
+        let watched = w.is_final
+            && matches!(w.dimension, Dimension::Product | Dimension::Category)
+            && w.window_size_ms == cfg.window_ms
+            && w.window_slide_ms == cfg.window_ms;
+        watched.then(|| SubjectWindow {
+            dimension: w.dimension,
+            value: w.dimension_value.clone(),
+            window_start: w.window_start,
+            window_end: w.window_end,
+            currency: w.currency.clone(),
+            purchases: w.purchases,
+        })
+    }
+
+    /// The repartition key: `<dimension>/<value>`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", dimension_name(self.dimension), self.value)
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(40 + self.value.len() + self.currency.len());
+        v.push(dimension_code(self.dimension));
+        v.extend_from_slice(&self.window_start.to_be_bytes());
+        v.extend_from_slice(&self.window_end.to_be_bytes());
+        v.extend_from_slice(&self.purchases.to_be_bytes());
+        v.extend_from_slice(&(self.currency.len() as u16).to_be_bytes());
+        v.extend_from_slice(self.currency.as_bytes());
+        v.extend_from_slice(self.value.as_bytes());
+        v
+    }
+
+    pub fn decode(b: &[u8]) -> Result<SubjectWindow, String> {
+        let bad = || "malformed by-subject record".to_string();
+        if b.len() < 27 {
+            return Err(bad());
+        }
+        let int = |r: std::ops::Range<usize>| -> Result<i64, String> {
+            Ok(i64::from_be_bytes(b[r].try_into().map_err(|_| bad())?))
+        };
+        let n = u16::from_be_bytes(b[25..27].try_into().map_err(|_| bad())?) as usize;
+        if b.len() < 27 + n {
+            return Err(bad());
+        }
+        let text = |x: &[u8]| String::from_utf8(x.to_vec()).map_err(|_| bad());
+        Ok(SubjectWindow {
+            dimension: dimension_of(b[0]).ok_or_else(bad)?,
+            window_start: int(1..9)?,
+            window_end: int(9..17)?,
+            purchases: int(17..25)?,
+            currency: text(&b[27..27 + n])?,
+            value: text(&b[27 + n..])?,
+        })
+    }
+}
+
+/// Watermarks of the upstream partitions feeding one partition of a repartition topic.
+///
+/// Records forwarded from several upstream partitions interleave in whatever order the forwarding
+/// instance consumed them (a partition catching up after a restart can be minutes of event time
+/// ahead of another), so the newest time seen on the repartition partition is no watermark. Each
+/// upstream partition's owner broadcasts instead a marker (its partition, its watermark) to every
+/// repartition partition after each batch, behind the records it forwarded; a repartition
+/// partition's watermark is the lowest mark once every upstream partition has reported. Marks only
+/// grow (a restarted owner re-sends lower ones, ignored).
+#[derive(Debug, Clone, Default)]
+pub struct SourceMarks {
+    n: usize,
+    marks: BTreeMap<i32, i64>,
+    changed: HashSet<i32>,
+}
+
+/// A marker record of a repartition topic: `M`, upstream partition, watermark.
+pub fn encode_marker(source: i32, watermark: i64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(13);
+    v.push(b'M');
+    v.extend_from_slice(&source.to_be_bytes());
+    v.extend_from_slice(&watermark.to_be_bytes());
+    v
+}
+
+/// The (upstream partition, watermark) of a marker record; `None` when it is not one.
+pub fn decode_marker(b: &[u8]) -> Option<(i32, i64)> {
+    if b.len() != 13 || b[0] != b'M' {
+        return None;
+    }
+    let p = i32::from_be_bytes(b[1..5].try_into().ok()?);
+    let w = i64::from_be_bytes(b[5..13].try_into().ok()?);
+    Some((p, w))
+}
+
+/// Key of marker records.
+pub const MARKER_KEY: &[u8] = b"~marker";
+
+impl SourceMarks {
+    pub fn new(sources: usize) -> Self {
+        SourceMarks {
+            n: sources,
+            ..Default::default()
+        }
+    }
+
+    pub fn mark(&mut self, source: i32, watermark: i64) {
+        let m = self.marks.entry(source).or_insert(i64::MIN);
+        if watermark > *m {
+            *m = watermark;
+            self.changed.insert(source);
+        }
+    }
+
+    /// The lowest mark, once every upstream partition has reported.
+    pub fn low(&self) -> Option<i64> {
+        (self.marks.len() >= self.n)
+            .then(|| self.marks.values().copied().min())
+            .flatten()
+    }
+
+    fn take_changes(&mut self, tag: u8, out: &mut Vec<Change>) {
+        for p in self.changed.drain() {
+            let mut k = vec![tag];
+            k.extend_from_slice(&p.to_be_bytes());
+            let v = self.marks.get(&p).copied().unwrap_or(i64::MIN);
+            out.push((k, v.to_be_bytes().to_vec()));
+        }
+    }
+
+    fn restore(&mut self, key: &[u8], value: &[u8]) -> Result<(), String> {
+        let bad = || "bad source mark record".to_string();
+        let p = i32::from_be_bytes(
+            key.get(1..5)
+                .ok_or_else(bad)?
+                .try_into()
+                .map_err(|_| bad())?,
+        );
+        let w = i64::from_be_bytes(value.try_into().map_err(|_| bad())?);
+        self.marks.insert(p, w);
+        Ok(())
+    }
+}
+
+/// A by-subject record for a window already judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowTooLate {
+    pub judged_up_to: i64,
+}
+
+const PENDING_KEY: u8 = b'p';
+
+/// (window start, dimension code, value) of a window waiting to be judged.
+type PendingKey = (i64, u8, String);
+/// currency -> (window end, purchases)
+type PerCurrency = BTreeMap<String, (i64, i64)>;
+const STAGE_CLOCK_KEY: &[u8] = b"C";
+
+/// Trend detection over one `<group>.by-subject` partition: the records of one window (one per
+/// currency, from several `kpi.windows` partitions) are summed, and a window is judged once the
+/// partition's clock (the newest window start seen) is `lag_windows` windows past it, so the
+/// currencies of a window forwarded from different partitions have time to meet. Judging happens
+/// in window order; a record for a window already judged is refused ([`WindowTooLate`]).
+#[derive(Debug)]
+pub struct TrendStage {
+    trends: Trends,
+    lag_windows: i64,
+    clock: i64,
+    judged_up_to: i64,
+    pending: BTreeMap<PendingKey, PerCurrency>,
+    changed: HashSet<(i64, u8, String)>,
+    clock_changed: bool,
+    /// With upstream markers: the clock is their lowest mark, not the newest window seen.
+    sources: Option<SourceMarks>,
+}
+
+const TREND_MARK_KEY: u8 = b'S';
+
+impl TrendStage {
+    /// A stage whose clock follows the markers of `sources` upstream partitions
+    /// ([`SourceMarks`]); records then do not move it.
+    pub fn with_sources(cfg: TrendConfig, lag_windows: i64, sources: usize) -> Self {
+        TrendStage {
+            sources: Some(SourceMarks::new(sources)),
+            ..TrendStage::new(cfg, lag_windows)
+        }
+    }
+
+    /// Applies an upstream marker (the newest final window start of that partition).
+    pub fn mark(&mut self, source: i32, clock: i64) {
+        if let Some(s) = &mut self.sources {
+            s.mark(source, clock);
+            if let Some(low) = s.low() {
+                self.advance_to(low);
+            }
+        }
+    }
+
+    pub fn new(cfg: TrendConfig, lag_windows: i64) -> Self {
+        TrendStage {
+            sources: None,
+            trends: Trends::new(cfg),
+            lag_windows: lag_windows.max(0),
+            clock: i64::MIN,
+            judged_up_to: i64::MIN,
+            pending: BTreeMap::new(),
+            changed: HashSet::new(),
+            clock_changed: false,
+        }
+    }
+
+    /// Newest window start seen (the stage's watermark); `i64::MIN` before any.
+    pub fn clock(&self) -> i64 {
+        self.clock
+    }
+
+    pub fn keys(&self) -> usize {
+        self.trends.keys()
+    }
+
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn add(&mut self, w: &SubjectWindow) -> Result<(), WindowTooLate> {
+        if w.window_start <= self.judged_up_to {
+            return Err(WindowTooLate {
+                judged_up_to: self.judged_up_to,
+            });
+        }
+        let key = (w.window_start, dimension_code(w.dimension), w.value.clone());
+        self.pending
+            .entry(key.clone())
+            .or_default()
+            .insert(w.currency.clone(), (w.window_end, w.purchases));
+        self.changed.insert(key);
+        if self.sources.is_none() {
+            self.advance_to(w.window_start);
+        }
+        Ok(())
+    }
+
+    /// Moves the clock to at least `t` (idle partitions).
+    pub fn advance_to(&mut self, t: i64) {
+        if t > self.clock {
+            self.clock = t;
+            self.clock_changed = true;
+        }
+    }
+
+    /// Judges every window the clock is far enough past, oldest first.
+    pub fn judge(&mut self, now: i64) -> Vec<Alert> {
+        let mut out = Vec::new();
+        if self.clock == i64::MIN {
+            return out;
+        }
+        let size = self.trends.cfg.window_ms;
+        let up_to = self.clock.saturating_sub(self.lag_windows * size);
+        while let Some(((start, _, _), _)) = self.pending.first_key_value() {
+            if *start > up_to {
+                break;
+            }
+            let Some(((start, dim, value), per_currency)) = self.pending.pop_first() else {
+                break;
+            };
+            self.changed.insert((start, dim, value.clone()));
+            let Some(dimension) = dimension_of(dim) else {
+                continue;
+            };
+            let end = per_currency
+                .values()
+                .map(|(e, _)| *e)
+                .max()
+                .unwrap_or(start + size);
+            let purchases = per_currency.values().map(|(_, p)| *p).sum();
+            let w = KpiWindow {
+                window_start: start,
+                window_end: end,
+                window_size_ms: size,
+                window_slide_ms: size,
+                dimension,
+                dimension_value: value,
+                views: 0,
+                carts: 0,
+                removals: 0,
+                purchases,
+                units: 0,
+                revenue: 0.0,
+                currency: String::new(),
+                avg_price: None,
+                conversion_rate: None,
+                distinct_users: 0,
+                is_final: true,
+                emitted_at: now,
+            };
+            if let Seen::Recorded(Some(a)) = self.trends.observe(&w, now) {
+                out.push(a);
+            }
+        }
+        if up_to > self.judged_up_to {
+            self.judged_up_to = up_to;
+            self.clock_changed = true;
+        }
+        out
+    }
+
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        let mut out = self.trends.take_changes();
+        if let Some(s) = &mut self.sources {
+            s.take_changes(TREND_MARK_KEY, &mut out);
+        }
+        for key in self.changed.drain() {
+            let mut k = vec![PENDING_KEY];
+            k.extend_from_slice(&key.0.to_be_bytes());
+            k.push(key.1);
+            k.extend_from_slice(key.2.as_bytes());
+            let v = match self.pending.get(&key) {
+                None => Vec::new(),
+                Some(m) => {
+                    let mut v = Vec::new();
+                    for (cur, (end, n)) in m {
+                        v.extend_from_slice(&(cur.len() as u16).to_be_bytes());
+                        v.extend_from_slice(cur.as_bytes());
+                        v.extend_from_slice(&end.to_be_bytes());
+                        v.extend_from_slice(&n.to_be_bytes());
+                    }
+                    v
+                }
+            };
+            out.push((k, v));
+        }
+        if self.clock_changed {
+            self.clock_changed = false;
+            let mut v = self.clock.to_be_bytes().to_vec();
+            v.extend_from_slice(&self.judged_up_to.to_be_bytes());
+            out.push((STAGE_CLOCK_KEY.to_vec(), v));
+        }
+        out
+    }
+
+    /// Applies a changelog record; `Ok(false)` when it is not one of the trend stage's.
+    pub fn restore(&mut self, key: &[u8], value: &[u8]) -> Result<bool, String> {
+        let bad = || "bad trend stage record".to_string();
+        if key == STAGE_CLOCK_KEY {
+            if value.len() != 16 {
+                return Err(bad());
+            }
+            self.clock = i64::from_be_bytes(value[..8].try_into().map_err(|_| bad())?);
+            self.judged_up_to = i64::from_be_bytes(value[8..].try_into().map_err(|_| bad())?);
+            return Ok(true);
+        }
+        if key.first() == Some(&TREND_MARK_KEY) && key.len() == 5 {
+            return match &mut self.sources {
+                Some(s) => s.restore(key, value).map(|()| true),
+                None => Ok(true),
+            };
+        }
+        if key.first() != Some(&PENDING_KEY) {
+            return self.trends.restore(key, value);
+        }
+        if key.len() < 10 {
+            return Err(bad());
+        }
+        let start = i64::from_be_bytes(key[1..9].try_into().map_err(|_| bad())?);
+        let name = String::from_utf8(key[10..].to_vec()).map_err(|_| bad())?;
+        let k = (start, key[9], name);
+        if value.is_empty() {
+            self.pending.remove(&k);
+            return Ok(true);
+        }
+        let mut m = BTreeMap::new();
+        let mut rest = value;
+        while !rest.is_empty() {
+            if rest.len() < 2 {
+                return Err(bad());
+            }
+            let n = u16::from_be_bytes(rest[..2].try_into().map_err(|_| bad())?) as usize;
+            if rest.len() < 2 + n + 16 {
+                return Err(bad());
+            }
+            let cur = String::from_utf8(rest[2..2 + n].to_vec()).map_err(|_| bad())?;
+            let end = i64::from_be_bytes(rest[2 + n..10 + n].try_into().map_err(|_| bad())?);
+            let p = i64::from_be_bytes(rest[10 + n..18 + n].try_into().map_err(|_| bad())?);
+            m.insert(cur, (end, p));
+            rest = &rest[18 + n..];
+        }
+        self.pending.insert(k, m);
+        Ok(true)
+    }
+
+    pub fn clear_changes(&mut self) {
+        self.trends.clear_changes();
+        self.changed.clear();
+        self.clock_changed = false;
+    }
+}
+
 /// Suspicious-user rule settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UserConfig {
@@ -335,7 +744,11 @@ pub struct UserBursts {
     counts: BTreeMap<(i64, i64), u32>,
     changed: HashSet<(i64, i64)>,
     watermark_changed: bool,
+    /// With upstream markers: the watermark is their lowest mark, not the newest purchase seen.
+    sources: Option<SourceMarks>,
 }
+
+const USER_MARK_KEY: u8 = b'M';
 
 /// A purchase refused because it is more than the grace behind the watermark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -355,6 +768,26 @@ impl UserBursts {
             counts: BTreeMap::new(),
             changed: HashSet::new(),
             watermark_changed: false,
+            sources: None,
+        }
+    }
+
+    /// Windows whose watermark follows the markers of `sources` upstream partitions
+    /// ([`SourceMarks`]); purchases then do not move it.
+    pub fn with_sources(cfg: UserConfig, sources: usize) -> Self {
+        UserBursts {
+            sources: Some(SourceMarks::new(sources)),
+            ..UserBursts::new(cfg)
+        }
+    }
+
+    /// Applies an upstream marker.
+    pub fn mark(&mut self, source: i32, watermark: i64) {
+        if let Some(s) = &mut self.sources {
+            s.mark(source, watermark);
+            if let Some(low) = s.low() {
+                self.advance_to(low);
+            }
         }
     }
 
@@ -377,7 +810,9 @@ impl UserBursts {
         }
         *self.counts.entry((start, user)).or_default() += 1;
         self.changed.insert((start, user));
-        self.advance_to(t);
+        if self.sources.is_none() {
+            self.advance_to(t);
+        }
         Ok(())
     }
 
@@ -433,6 +868,9 @@ impl UserBursts {
 
     pub fn take_changes(&mut self) -> Vec<Change> {
         let mut out = Vec::with_capacity(self.changed.len() + 1);
+        if let Some(s) = &mut self.sources {
+            s.take_changes(USER_MARK_KEY, &mut out);
+        }
         for (start, user) in self.changed.drain() {
             let mut k = vec![USER_KEY];
             k.extend_from_slice(&user.to_be_bytes());
@@ -463,6 +901,12 @@ impl UserBursts {
                     .map_err(|_| "bad user watermark record".to_string())?,
             );
             return Ok(true);
+        }
+        if key.len() == 5 && key[0] == USER_MARK_KEY {
+            return match &mut self.sources {
+                Some(s) => s.restore(key, value).map(|()| true),
+                None => Ok(true),
+            };
         }
         if key.len() != 17 || key[0] != USER_KEY {
             return Ok(false);
@@ -657,6 +1101,138 @@ mod tests {
         assert_eq!(r.clock_start, t.clock_start);
         assert!(!r.restore(b"u123", b"").unwrap());
         assert!(r.restore(&[TREND_KEY, 1, b'x'], &[1, 2]).is_err());
+    }
+
+    fn subject(value: &str, minute: i64, currency: &str, purchases: i64) -> SubjectWindow {
+        SubjectWindow {
+            dimension: Dimension::Category,
+            value: value.into(),
+            window_start: minute * 60_000,
+            window_end: (minute + 1) * 60_000,
+            currency: currency.into(),
+            purchases,
+        }
+    }
+
+    #[test]
+    fn marker_watermarks_are_the_lowest_once_every_source_reported() {
+        let cfg = UserConfig {
+            window_ms: 60_000,
+            grace_ms: 0,
+            max_purchases: 1,
+        };
+        let mut u = UserBursts::with_sources(cfg, 2);
+        u.add(1, 10_000).unwrap();
+        u.add(1, 20_000).unwrap();
+        // A purchase far ahead does not close anything by itself.
+        u.add(2, 500_000).unwrap();
+        assert_eq!(u.watermark(), i64::MIN);
+        u.mark(0, 200_000);
+        assert!(u.close(0).is_empty(), "source 1 has not reported");
+        u.mark(1, 30_000);
+        u.mark(1, 10);
+        assert_eq!(u.watermark(), 30_000);
+        u.mark(1, 90_000);
+        let a = u.close(0);
+        assert_eq!(a.len(), 1);
+        assert_eq!(a[0].observed, 2.0);
+        let mut r = UserBursts::with_sources(cfg, 2);
+        for (k, v) in u.take_changes() {
+            assert!(r.restore(&k, &v).unwrap());
+        }
+        r.mark(0, 0);
+        r.mark(1, 0);
+        assert_eq!(r.sources.as_ref().unwrap().low(), Some(90_000));
+        assert_eq!(decode_marker(&encode_marker(3, -5)), Some((3, -5)));
+        assert_eq!(decode_marker(b"x"), None);
+    }
+
+    #[test]
+    fn by_subject_records_round_trip() {
+        let w = subject("kids.toys", 3, "EUR", 17);
+        assert_eq!(SubjectWindow::decode(&w.encode()), Ok(w.clone()));
+        assert_eq!(w.key(), "category/kids.toys");
+        let b = w.encode();
+        for cut in 0..27 {
+            assert!(SubjectWindow::decode(&b[..cut]).is_err());
+        }
+        let mut k = win(Dimension::Product, "1", 0, 1);
+        assert!(SubjectWindow::of(&k, &TrendConfig::default()).is_some());
+        k.is_final = false;
+        assert!(SubjectWindow::of(&k, &TrendConfig::default()).is_none());
+    }
+
+    #[test]
+    fn currencies_of_a_window_are_summed_and_judged_after_the_lag() {
+        let mut st = TrendStage::new(TrendConfig::default(), 2);
+        for m in 0..20 {
+            st.add(&subject("c", m, "USD", 2)).unwrap();
+            st.add(&subject("c", m, "EUR", 1)).unwrap();
+        }
+        // The burst is split over three currencies: 6 + 5 + 4 = 15.
+        st.add(&subject("c", 20, "USD", 6)).unwrap();
+        st.add(&subject("c", 20, "EUR", 5)).unwrap();
+        assert!(st.judge(0).is_empty());
+        st.add(&subject("c", 20, "GBP", 4)).unwrap();
+        st.add(&subject("other", 21, "USD", 1)).unwrap();
+        assert!(
+            st.judge(0).is_empty(),
+            "minute 20 waits for two more windows"
+        );
+        st.add(&subject("other", 22, "USD", 1)).unwrap();
+        let a = st.judge(0);
+        assert_eq!(a.len(), 1);
+        assert_eq!(a[0].observed, 15.0);
+        assert_eq!(a[0].baseline, 3.0);
+        assert_eq!(
+            st.add(&subject("c", 20, "JPY", 1)),
+            Err(WindowTooLate {
+                judged_up_to: 20 * 60_000
+            })
+        );
+    }
+
+    proptest! {
+        /// Judged results do not depend on the order records arrive in within the lag, and a
+        /// restore from the changelog mid-way changes nothing.
+        #[test]
+        fn trend_stage_is_order_independent_within_the_lag_and_restorable(
+            counts in prop::collection::vec((0i64..3, 0i64..30), 40..80),
+            jitter in prop::collection::vec(0i64..2, 80),
+            stop in 0usize..240,
+        ) {
+            let currencies = ["USD", "EUR", "GBP"];
+            let mut recs = Vec::new();
+            for (m, (burst, base)) in counts.iter().enumerate() {
+                for (i, c) in currencies.iter().enumerate() {
+                    let n = if m > 30 && *burst == 2 { base * 3 } else { base / 3 + i as i64 };
+                    recs.push((m as i64, subject("c", m as i64, c, n)));
+                }
+            }
+            let run = |order: &[(i64, SubjectWindow)], stop: usize| {
+                let mut st = TrendStage::new(TrendConfig::default(), 2);
+                let mut log: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+                let mut alerts = Vec::new();
+                for (i, (_, w)) in order.iter().enumerate() {
+                    if i == stop {
+                        let mut r = TrendStage::new(TrendConfig::default(), 2);
+                        for (k, v) in &log { r.restore(k, v).unwrap(); }
+                        st = r;
+                    }
+                    st.add(w).unwrap();
+                    alerts.extend(st.judge(0));
+                    log.extend(st.take_changes());
+                }
+                st.advance_to(i64::MAX / 4);
+                alerts.extend(st.judge(0));
+                alerts.into_iter().map(|a| (a.alert_id, a.observed as i64)).collect::<Vec<_>>()
+            };
+            let in_order = run(&recs, usize::MAX);
+            // Shuffle within one window: each record moves back by at most one window.
+            let mut shuffled = recs.clone();
+            shuffled.sort_by_key(|(m, w)| (m + jitter[*m as usize % jitter.len()], w.currency.clone()));
+            prop_assert_eq!(run(&shuffled, stop), in_order);
+        }
     }
 
     #[test]

@@ -1,9 +1,14 @@
 //! `cartstream-detector`: trend, suspicious-user and price-anomaly alerts, exactly once.
 //!
 //! Inputs and rules (`cartstream_processors::detect`):
-//! - `kpi.windows` (the windower's final windows, keyed by dimension/value/window so one key's
-//!   windows share a partition): per product and category, the purchases of each final tumbling
-//!   window of `--trend-window` against the key's own last `--trend-history` windows.
+//! - `kpi.windows` (the windower's final windows, one record per dimension value, window and
+//!   currency, keyed by all of these, so one subject's windows are spread over partitions): the
+//!   final tumbling product and category windows of `--trend-window` are forwarded, in the same
+//!   transaction, to the internal topic `<group>.by-subject` keyed by `<dimension>/<value>`.
+//! - `<group>.by-subject`: the currencies of a window are summed, and the window is judged once
+//!   the partition's clock (newest window start seen) is `--trend-lag-windows` past it: its
+//!   purchases against the subject's own last `--trend-history` windows. Idle partitions adopt the
+//!   clock of the others like the by-user partitions below.
 //! - `purchases.enriched` (keyed by `user_session`): each purchase is compared with its catalog
 //!   price (`--price-tolerance`, events in `--catalog-currency` only: the enriched event does not
 //!   carry the catalog's currency), and forwarded, in the same transaction, to the internal
@@ -19,7 +24,8 @@
 //! Alerts go to `alerts.raised` (key: the subject id) with deterministic ids (type, subject,
 //! window), so a replay raises the same ids.
 //!
-//! **State.** Trend baselines and the open per-user windows (with the watermark) are written to
+//! **State.** Trend baselines, windows waiting to be judged, and the open per-user windows (with
+//! the clocks and watermarks) are written to
 //! the changelog `<group>.changelog` in the transaction of the batch that changed them
 //! (partition = the input partition, compacted, tombstones when a user window closes) and rebuilt
 //! from it on assignment and after an aborted batch. A restart therefore resumes with the same
@@ -36,7 +42,8 @@ use cartstream_events::{Decoder, Encoder, Registry};
 use cartstream_kafka::admin::{self, TopicSpec};
 use cartstream_kafka::{read, KafkaArgs, Topic};
 use cartstream_processors::detect::{
-    price_anomaly, PriceCheck, PriceConfig, Seen, TrendConfig, Trends, UserBursts, UserConfig,
+    decode_marker, encode_marker, price_anomaly, PriceCheck, PriceConfig, SubjectWindow,
+    TrendConfig, TrendStage, UserBursts, UserConfig, MARKER_KEY,
 };
 use cartstream_processors::session::{idle_target, parse_duration_ms};
 use cartstream_stream::{Input, Output, ProcessError, Processor, ProcessorArgs, StageMetrics};
@@ -73,6 +80,11 @@ struct Cli {
     /// Least ratio of the window's purchases to the baseline mean.
     #[arg(long, env = "TREND_MIN_RATIO", default_value_t = 3.0)]
     trend_min_ratio: f64,
+    /// Windows a by-subject partition's clock (newest window start seen) must be past a window
+    /// before it is judged: time for its records from other kpi.windows partitions (one per
+    /// currency) to arrive.
+    #[arg(long, env = "TREND_LAG_WINDOWS", default_value_t = 2)]
+    trend_lag_windows: i64,
     /// Event-time window of the suspicious-user rule.
     #[arg(long, env = "USER_WINDOW", default_value = "1m", value_parser = parse_duration_ms)]
     user_window: i64,
@@ -131,9 +143,51 @@ fn type_label(t: AlertType) -> &'static str {
     }
 }
 
-struct UserPart {
-    bursts: UserBursts,
+/// An input partition whose watermark is broadcast to a repartition topic ([`SourceMarks`]).
+struct Source {
+    watermark: i64,
     last_record: Instant,
+    sent: i64,
+}
+
+impl Source {
+    fn new() -> Self {
+        Source {
+            watermark: i64::MIN,
+            last_record: Instant::now(),
+            sent: i64::MIN,
+        }
+    }
+
+    fn saw(&mut self, t: i64) {
+        self.watermark = self.watermark.max(t);
+        self.last_record = Instant::now();
+    }
+}
+
+/// Applies the idle rule to `sources` and broadcasts the changed watermarks to every partition of
+/// `topic`.
+fn broadcast_marks(
+    sources: &mut HashMap<i32, Source>,
+    idle_timeout: Duration,
+    topic: &str,
+    partitions: i32,
+    out: &mut Output,
+) {
+    let now = Instant::now();
+    let idle = |s: &Source| now.duration_since(s.last_record) >= idle_timeout;
+    let target = idle_target(sources.values().map(|s| (s.watermark, idle(s))));
+    for (p, s) in sources.iter_mut() {
+        if let (Some(t), true) = (target, idle(s)) {
+            s.watermark = s.watermark.max(t);
+        }
+        if s.watermark > s.sent {
+            for r in 0..partitions {
+                out.send_to(topic, r, Some(MARKER_KEY), encode_marker(*p, s.watermark));
+            }
+            s.sent = s.watermark;
+        }
+    }
 }
 
 /// Counts of the current batch, added to the metrics when it commits.
@@ -149,6 +203,8 @@ struct Detector {
     events_dec: Decoder<EnrichedEvent>,
     alert_enc: Encoder<Alert>,
     kpi_topic: String,
+    by_subject: String,
+    trend_lag: i64,
     enriched_topic: String,
     by_user: String,
     alerts_topic: String,
@@ -157,8 +213,14 @@ struct Detector {
     user_cfg: UserConfig,
     price_cfg: PriceConfig,
     idle_timeout: Duration,
-    trends: HashMap<i32, Trends>,
-    users: HashMap<i32, UserPart>,
+    trends: HashMap<i32, TrendStage>,
+    users: HashMap<i32, UserBursts>,
+    /// Owned enriched partitions (their event-time watermarks go to the by-user partitions).
+    event_sources: HashMap<i32, Source>,
+    /// Owned kpi.windows partitions (their newest final window start goes to by-subject).
+    kpi_sources: HashMap<i32, Source>,
+    enriched_partitions: i32,
+    kpi_partitions: i32,
     owned: HashSet<(String, i32)>,
     restore_all: bool,
     kafka: KafkaArgs,
@@ -174,6 +236,18 @@ fn now_ms() -> i64 {
 }
 
 impl Detector {
+    fn new_trend_stage(&self) -> TrendStage {
+        TrendStage::with_sources(
+            self.trend_cfg,
+            self.trend_lag,
+            self.kpi_partitions.max(0) as usize,
+        )
+    }
+
+    fn new_user_bursts(&self) -> UserBursts {
+        UserBursts::with_sources(self.user_cfg, self.enriched_partitions.max(0) as usize)
+    }
+
     fn alert(&mut self, alert: &Alert, out: &mut Output) -> Result<(), ProcessError> {
         let bytes = self
             .alert_enc
@@ -197,16 +271,14 @@ impl Detector {
             .into_iter()
             .collect();
         for (t, p) in parts {
-            if *t == self.kpi_topic {
-                self.trends.insert(*p, Trends::new(self.trend_cfg));
+            if *t == self.by_subject {
+                self.trends.insert(*p, self.new_trend_stage());
             } else if *t == self.by_user {
-                self.users.insert(
-                    *p,
-                    UserPart {
-                        bursts: UserBursts::new(self.user_cfg),
-                        last_record: Instant::now(),
-                    },
-                );
+                self.users.insert(*p, self.new_user_bursts());
+            } else if *t == self.enriched_topic {
+                self.event_sources.insert(*p, Source::new());
+            } else if *t == self.kpi_topic {
+                self.kpi_sources.insert(*p, Source::new());
             }
         }
         let mut config = self.kafka.consumer(&format!("{}-restore", self.group))?;
@@ -222,16 +294,14 @@ impl Detector {
             let Some(key) = m.key() else { continue };
             let value = m.payload().unwrap_or_default();
             let p = m.partition();
-            let res = if key.first() == Some(&b'u') || key == b"W" {
+            let res = if key.first() == Some(&b'u') || key == b"W" || key.first() == Some(&b'M') {
                 match self.users.get_mut(&p) {
-                    Some(u) if wanted.contains(&(self.by_user.clone(), p)) => {
-                        u.bursts.restore(key, value)
-                    }
+                    Some(u) if wanted.contains(&(self.by_user.clone(), p)) => u.restore(key, value),
                     _ => Ok(true),
                 }
             } else {
                 match self.trends.get_mut(&p) {
-                    Some(t) if wanted.contains(&(self.kpi_topic.clone(), p)) => {
+                    Some(t) if wanted.contains(&(self.by_subject.clone(), p)) => {
                         t.restore(key, value)
                     }
                     _ => Ok(true),
@@ -248,13 +318,13 @@ impl Detector {
             }
         }
         for (t, p) in parts {
-            if *t == self.kpi_topic {
+            if *t == self.by_subject {
                 if let Some(x) = self.trends.get_mut(p) {
                     x.clear_changes();
                 }
             } else if *t == self.by_user {
                 if let Some(x) = self.users.get_mut(p) {
-                    x.bursts.clear_changes();
+                    x.clear_changes();
                 }
             }
         }
@@ -283,10 +353,14 @@ impl Processor for Detector {
     fn on_revoked(&mut self, partitions: &[(String, i32)]) {
         for (t, p) in partitions {
             self.owned.remove(&(t.clone(), *p));
-            if *t == self.kpi_topic {
+            if *t == self.by_subject {
                 self.trends.remove(p);
             } else if *t == self.by_user {
                 self.users.remove(p);
+            } else if *t == self.enriched_topic {
+                self.event_sources.remove(p);
+            } else if *t == self.kpi_topic {
+                self.kpi_sources.remove(p);
             }
         }
     }
@@ -295,6 +369,17 @@ impl Processor for Detector {
         self.restore_if_rolled_back().await?;
         let payload = input.payload.unwrap_or_default();
         if input.topic == self.by_user {
+            if !self.users.contains_key(&input.partition) {
+                let fresh = self.new_user_bursts();
+                self.users.insert(input.partition, fresh);
+            }
+            let Some(part) = self.users.get_mut(&input.partition) else {
+                return Ok(());
+            };
+            if let Some((source, wm)) = decode_marker(payload) {
+                part.mark(source, wm);
+                return Ok(());
+            }
             let (Ok(t), Ok(u)) = (
                 payload.get(..8).unwrap_or_default().try_into(),
                 payload.get(8..16).unwrap_or_default().try_into(),
@@ -310,15 +395,7 @@ impl Processor for Detector {
             };
             let (t, user) = (i64::from_be_bytes(t), i64::from_be_bytes(u));
             let cfg = self.user_cfg;
-            let part = self
-                .users
-                .entry(input.partition)
-                .or_insert_with(|| UserPart {
-                    bursts: UserBursts::new(cfg),
-                    last_record: Instant::now(),
-                });
-            part.last_record = Instant::now();
-            if let Err(late) = part.bursts.add(user, t) {
+            if let Err(late) = part.add(user, t) {
                 self.pending.late += 1;
                 out.dead_letter(
                     input,
@@ -327,7 +404,7 @@ impl Processor for Detector {
                     format!(
                         "purchase of user {user} at {t} is {} ms behind the watermark {}: its {} ms window is already final (grace {} ms)",
                         late.lateness_ms,
-                        part.bursts.watermark(),
+                        part.watermark(),
                         cfg.window_ms,
                         cfg.grace_ms
                     ),
@@ -337,6 +414,7 @@ impl Processor for Detector {
             return Ok(());
         }
         if input.topic == self.kpi_topic {
+            // Forward the watched windows, keyed by subject, to the by-subject partitions.
             let w = match self.windows_dec.decode(payload).await {
                 Ok(w) => w,
                 Err(e) if e.is_transient() => return Err(ProcessError::Transient(e.into())),
@@ -345,13 +423,49 @@ impl Processor for Detector {
                     return Ok(());
                 }
             };
-            let cfg = self.trend_cfg;
-            let trends = self
-                .trends
-                .entry(input.partition)
-                .or_insert_with(|| Trends::new(cfg));
-            if let Seen::Recorded(Some(a)) = trends.observe(&w, now_ms()) {
-                self.alert(&a, out)?;
+            if w.is_final {
+                if let Some(s) = self.kpi_sources.get_mut(&input.partition) {
+                    s.saw(w.window_start);
+                }
+            }
+            if let Some(sw) = SubjectWindow::of(&w, &self.trend_cfg) {
+                out.send(&self.by_subject, Some(sw.key().as_bytes()), sw.encode());
+            }
+            return Ok(());
+        }
+        if input.topic == self.by_subject {
+            if !self.trends.contains_key(&input.partition) {
+                let fresh = self.new_trend_stage();
+                self.trends.insert(input.partition, fresh);
+            }
+            let Some(stage) = self.trends.get_mut(&input.partition) else {
+                return Ok(());
+            };
+            if let Some((source, clock)) = decode_marker(payload) {
+                stage.mark(source, clock);
+                return Ok(());
+            }
+            let sw = match SubjectWindow::decode(payload) {
+                Ok(sw) => sw,
+                Err(e) => {
+                    out.dead_letter(input, STAGE, "malformed_record", e, None);
+                    return Ok(());
+                }
+            };
+            if let Err(late) = stage.add(&sw) {
+                self.pending.late += 1;
+                out.dead_letter(
+                    input,
+                    STAGE,
+                    "late_event",
+                    format!(
+                        "{} window at {} arrived after the windows up to {} were judged",
+                        sw.key(),
+                        sw.window_start,
+                        late.judged_up_to
+                    ),
+                    None,
+                );
             }
             return Ok(());
         }
@@ -369,6 +483,10 @@ impl Processor for Detector {
                 return Ok(());
             }
         };
+        self.event_sources
+            .entry(input.partition)
+            .or_insert_with(Source::new)
+            .saw(e.event_time);
         if e.event_type != EventType::Purchase {
             return Ok(());
         }
@@ -393,31 +511,33 @@ impl Processor for Detector {
 
     async fn on_tick(&mut self, out: &mut Output) -> Result<(), ProcessError> {
         self.restore_if_rolled_back().await?;
-        let now = Instant::now();
-        let target = idle_target(self.users.values().map(|u| {
-            (
-                u.bursts.watermark(),
-                now.duration_since(u.last_record) >= self.idle_timeout,
-            )
-        }));
+        broadcast_marks(
+            &mut self.event_sources,
+            self.idle_timeout,
+            &self.by_user,
+            self.enriched_partitions,
+            out,
+        );
+        broadcast_marks(
+            &mut self.kpi_sources,
+            self.idle_timeout,
+            &self.by_subject,
+            self.kpi_partitions,
+            out,
+        );
         let detected = now_ms();
         let mut alerts = Vec::new();
         let mut changes: Vec<(i32, Vec<u8>, Vec<u8>)> = Vec::new();
         let mut slowest = i64::MAX;
         for (p, u) in self.users.iter_mut() {
-            if let (Some(t), true) = (
-                target,
-                now.duration_since(u.last_record) >= self.idle_timeout,
-            ) {
-                u.bursts.advance_to(t);
-            }
-            alerts.extend(u.bursts.close(detected));
-            changes.extend(u.bursts.take_changes().into_iter().map(|(k, v)| (*p, k, v)));
-            if u.bursts.watermark() != i64::MIN {
-                slowest = slowest.min(u.bursts.watermark());
+            alerts.extend(u.close(detected));
+            changes.extend(u.take_changes().into_iter().map(|(k, v)| (*p, k, v)));
+            if u.watermark() != i64::MIN {
+                slowest = slowest.min(u.watermark());
             }
         }
         for (p, t) in self.trends.iter_mut() {
+            alerts.extend(t.judge(detected));
             changes.extend(t.take_changes().into_iter().map(|(k, v)| (*p, k, v)));
         }
         for a in &alerts {
@@ -436,7 +556,7 @@ impl Processor for Detector {
                 .with_label_values(&[STAGE])
                 .set((detected - slowest) as f64 / 1000.0);
         }
-        let open: usize = self.users.values().map(|u| u.bursts.open_windows()).sum();
+        let open: usize = self.users.values().map(UserBursts::open_windows).sum();
         StageMetrics::get()
             .open_windows
             .with_label_values(&[STAGE])
@@ -444,7 +564,7 @@ impl Processor for Detector {
         self.metrics
             .baselines
             .with_label_values(&[STAGE])
-            .set(self.trends.values().map(Trends::keys).sum::<usize>() as i64);
+            .set(self.trends.values().map(TrendStage::keys).sum::<usize>() as i64);
         Ok(())
     }
 
@@ -465,6 +585,14 @@ impl Processor for Detector {
     fn rollback(&mut self) {
         self.pending = Pending::default();
         self.restore_all = true;
+        // Markers of the aborted batch were not written: send them again.
+        for s in self
+            .event_sources
+            .values_mut()
+            .chain(self.kpi_sources.values_mut())
+        {
+            s.sent = i64::MIN;
+        }
     }
 }
 
@@ -481,8 +609,9 @@ async fn ensure_topics(
     kpi: &str,
     enriched: &str,
     by_user: &str,
+    by_subject: &str,
     changelog: &str,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<(i32, i32)> {
     let client = admin::admin_client(&kafka.admin()?)?;
     let counts = admin::partition_counts(&client, Duration::from_secs(30))?;
     let count = |t: &str| {
@@ -511,6 +640,15 @@ async fn ensure_topics(
             ],
         },
         TopicSpec {
+            name: by_subject.to_string(),
+            partitions: kpi_n,
+            replication,
+            configs: vec![
+                ("cleanup.policy", "delete".to_string()),
+                ("retention.ms", week.clone()),
+            ],
+        },
+        TopicSpec {
             name: changelog.to_string(),
             partitions: kpi_n.max(enriched_n),
             replication,
@@ -523,7 +661,7 @@ async fn ensure_topics(
         },
     ];
     admin::ensure_topics(&client, &specs, Duration::from_secs(30)).await?;
-    Ok(())
+    Ok((kpi_n, enriched_n))
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -545,16 +683,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let enriched_topic = names.name(Topic::Enriched);
     // The group already carries the topic prefix.
     let by_user = format!("{group}.by-user");
+    let by_subject = format!("{group}.by-subject");
     let changelog = format!("{group}.changelog");
     let k = c.kafka.clone();
     tokio::task::spawn_blocking(move || k.check(Duration::from_secs(30))).await??;
-    ensure_topics(&c.kafka, &kpi_topic, &enriched_topic, &by_user, &changelog).await?;
+    let (kpi_partitions, enriched_partitions) = ensure_topics(
+        &c.kafka,
+        &kpi_topic,
+        &enriched_topic,
+        &by_user,
+        &by_subject,
+        &changelog,
+    )
+    .await?;
 
     let detector = Detector {
         windows_dec: Decoder::new(registry.clone()),
         events_dec: Decoder::new(registry.clone()),
         alert_enc: Encoder::register(&registry, &names.subject(Topic::Alerts)).await?,
         kpi_topic: kpi_topic.clone(),
+        by_subject: by_subject.clone(),
+        trend_lag: cli.trend_lag_windows,
         enriched_topic: enriched_topic.clone(),
         by_user: by_user.clone(),
         alerts_topic: names.name(Topic::Alerts),
@@ -578,6 +727,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         },
         idle_timeout: Duration::from_millis(cli.idle_timeout.max(0) as u64),
         trends: HashMap::new(),
+        event_sources: HashMap::new(),
+        kpi_sources: HashMap::new(),
+        enriched_partitions,
+        kpi_partitions,
         users: HashMap::new(),
         owned: HashSet::new(),
         restore_all: false,
@@ -589,7 +742,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     tracing::info!(trend = ?detector.trend_cfg, user = ?detector.user_cfg, price = ?detector.price_cfg, "detecting");
     c.run(
         STAGE,
-        &[kpi_topic, enriched_topic, by_user],
+        &[kpi_topic, enriched_topic, by_user, by_subject],
         &registry,
         detector,
         &service,
