@@ -273,3 +273,96 @@ async fn the_lake_holds_every_event_once_through_kills_and_compaction() {
     std::fs::remove_dir_all(&lake_dir).unwrap();
     kit::delete_topics_with_prefix(&kafka, &prefix).await;
 }
+
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    let code = body
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, body)
+}
+
+/// With a long latency bound nothing is flushed while running; SIGTERM must flush it all, and
+/// the health and metrics endpoints report the work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_flushes_and_the_endpoints_report() {
+    let kafka = kit::kafka();
+    let registry = kit::registry();
+    let prefix = kit::unique("lakestop");
+    let names = TopicNames::with_prefix(&prefix);
+    cartstream_admin::bootstrap(&kafka, &registry, &names, 2, 1)
+        .await
+        .unwrap();
+    let topic = names.name(Topic::Enriched);
+    let lake_dir = std::env::temp_dir().join(format!("cartstream-{}lake", prefix));
+    let lake = lake_dir.to_str().unwrap().to_string();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = common::Guard(common::spawn(
+        BIN,
+        &[
+            "--lake-url",
+            &lake,
+            "run",
+            "--topic-prefix",
+            &prefix,
+            "--metrics-addr",
+            &addr,
+            "--max-file-age-secs",
+            "600",
+        ],
+        &[],
+    ));
+    let enc: Encoder<EnrichedEvent> = Encoder::register(&registry, &names.subject(Topic::Enriched))
+        .await
+        .unwrap();
+    let mut tx = common::Sender::new(&kafka);
+    for i in 0..1000 {
+        let e = common::event(i);
+        tx.send(&topic, &e.user_session, &enc.encode(&e).unwrap())
+            .await;
+    }
+    tx.flush().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ready =
+            std::net::TcpStream::connect(&addr).is_ok() && http_get(&addr, "/readyz").0 == 200;
+        if ready {
+            let (_, metrics) = http_get(&addr, "/metrics");
+            if metrics.contains("cartstream_sink_consumed_total{sink=\"lake\"} 1000") {
+                assert!(
+                    !metrics.contains("files_written_total{kind=\"flush\",sink=\"lake\"}"),
+                    "nothing flushed yet"
+                );
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sink did not consume the records"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(http_get(&addr, "/healthz").0, 200);
+    assert!(common::terminate(&mut child.0).success(), "graceful exit");
+    let group = format!("{prefix}cartstream-lake-sink");
+    assert!(
+        common::caught_up(&kafka, &group, std::slice::from_ref(&topic)),
+        "offsets committed on shutdown"
+    );
+    let r = read_lake(&lake, &topic);
+    assert_eq!(r["rows"].as_u64().unwrap(), 1000, "flushed on SIGTERM");
+    assert_eq!(r["duplicates"], serde_json::json!({}));
+    std::fs::remove_dir_all(&lake_dir).unwrap();
+    kit::delete_topics_with_prefix(&kafka, &prefix).await;
+}
