@@ -219,7 +219,12 @@ async fn train(a: TrainArgs) -> anyhow::Result<()> {
                     k.clone(),
                     cartstream_model_service::series::Obs {
                         purchases: s.purchases[i],
-                        units: s.purchases[i],
+                        // units back from the average price, so the price feature is the same
+                        units: if s.price[i].is_finite() && s.price[i] > 0.0 {
+                            s.revenue[i] / s.price[i]
+                        } else {
+                            0.0
+                        },
                         revenue: s.revenue[i],
                     },
                 )

@@ -382,6 +382,30 @@ async fn demand_shift_triggers_retrain_promotion_and_recovery() {
     );
     eprintln!("shift: peak live sMAPE {max_smape:.3}, promoted by +{promoted_at:?}, recovered by +{recovered_at:?}");
 
+    // The offline `train` command on the same topic (read to its end), stored without promotion.
+    let out = Command::new(env!("CARGO_BIN_EXE_cartstream-model-service"))
+        .args(["train", "--no-promote"])
+        .env("KAFKA_BROKERS", kit::brokers())
+        .env("SCHEMA_REGISTRY_URL", kit::registry_url())
+        .env("TOPIC_PREFIX", &prefix)
+        .env("MODEL_STORE_URL", &store)
+        .env("MODEL_WINDOW_SIZE_MS", PERIOD_MS.to_string())
+        .env("MODEL_HOLDOUT_PERIODS", "24")
+        .env("MODEL_TRAIN_WINDOW_PERIODS", "168")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "train: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("relative to seasonal-naive"), "{stdout}");
+    eprintln!(
+        "offline train: {}",
+        stdout.lines().next().unwrap_or_default()
+    );
+
     // Rollback through the API, then a clean stop.
     let version_now = get(&m, "cartstream_model_champion_version");
     let r = http
