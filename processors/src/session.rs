@@ -24,6 +24,7 @@
 //!   ([`Sessions::restore`]), watermark included.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 use cartstream_events::types::{EnrichedEvent, EventType, Session};
 
@@ -150,6 +151,55 @@ impl Open {
         }
     }
 
+    /// Adds one event to this session (the same as merging `Open::from_event(e)`, without
+    /// building it: the hot path).
+    pub fn absorb(&mut self, e: &EnrichedEvent) {
+        let t = e.event_time;
+        self.start = self.start.min(t);
+        self.end = self.end.max(t);
+        if (t, e.event_id.as_str()) < (self.head.time, self.head.event_id.as_str()) {
+            self.head = Head {
+                time: t,
+                event_id: e.event_id.clone(),
+                user_id: e.user_id,
+                country: e.user_country.clone(),
+                device: e.user_device.clone(),
+                segment: e.user_segment.clone(),
+                currency: e.currency.clone(),
+            };
+        }
+        match e.event_type {
+            EventType::View => self.views += 1,
+            EventType::Cart => self.carts += 1,
+            EventType::RemoveFromCart => self.removals += 1,
+            EventType::Purchase => {
+                self.purchases += 1;
+                self.revenue_micros += line_micros(e.price, e.quantity);
+                match &mut self.first_purchase {
+                    None => {
+                        self.first_purchase = Some(FirstPurchase {
+                            time: t,
+                            event_id: e.event_id.clone(),
+                            currency: e.currency.clone(),
+                        })
+                    }
+                    Some(p) => {
+                        if p.currency != e.currency {
+                            self.mixed_currency = true;
+                        }
+                        if (t, e.event_id.as_str()) < (p.time, p.event_id.as_str()) {
+                            *p = FirstPurchase {
+                                time: t,
+                                event_id: e.event_id.clone(),
+                                currency: e.currency.clone(),
+                            };
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Whether an event at `t` joins this session.
     fn touches(&self, t: i64, gap: i64) -> bool {
         t > self.start.saturating_sub(gap) && t < self.end.saturating_add(gap)
@@ -191,11 +241,12 @@ pub fn session_id(user_session: &str, start: i64) -> String {
 pub struct Sessions {
     cfg: SessionConfig,
     watermark: i64,
-    /// key -> its open sessions, sorted by start, pairwise at least `gap` apart.
-    open: HashMap<String, Vec<Open>>,
+    /// key -> its open sessions, sorted by start, pairwise at least `gap` apart. Keys are shared
+    /// (`Arc`) with the index and the change set: no allocation per event.
+    open: HashMap<Arc<str>, Vec<Open>>,
     /// (end, key) of every open session: what closes next.
-    by_end: BTreeSet<(i64, String)>,
-    changed: HashSet<String>,
+    by_end: BTreeSet<(i64, Arc<str>)>,
+    changed: HashSet<Arc<str>>,
     watermark_changed: bool,
     mixed_currency: u64,
 }
@@ -249,30 +300,49 @@ impl Sessions {
             });
         }
         let gap = self.cfg.gap_ms;
-        let mut merged = Open::from_event(e);
         let key = e.user_session.as_str();
-        if !self.open.contains_key(key) {
-            self.open.insert(key.to_string(), Vec::with_capacity(1));
-        }
+        let k: Arc<str> = match self.open.get_key_value(key) {
+            Some((k, _)) => k.clone(),
+            None => {
+                let k: Arc<str> = Arc::from(key);
+                self.open.insert(k.clone(), Vec::with_capacity(1));
+                k
+            }
+        };
         let Some(list) = self.open.get_mut(key) else {
             return Ok(());
         };
-        let mut i = 0;
-        while i < list.len() {
-            if list[i].touches(t, gap) {
-                let s = list.remove(i);
-                self.by_end.remove(&(s.end, key.to_string()));
-                merged.merge(s);
-            } else {
-                i += 1;
+        let mut touching = list.iter().enumerate().filter(|(_, s)| s.touches(t, gap));
+        match (touching.next().map(|(i, _)| i), touching.next()) {
+            // The common case: the event joins one session, updated in place (it cannot reach
+            // a neighbour, so the list stays sorted).
+            (Some(i), None) => {
+                let s = &mut list[i];
+                let old_end = s.end;
+                s.absorb(e);
+                if s.end != old_end {
+                    self.by_end.remove(&(old_end, k.clone()));
+                    self.by_end.insert((s.end, k.clone()));
+                }
+            }
+            _ => {
+                let mut merged = Open::from_event(e);
+                let mut i = 0;
+                while i < list.len() {
+                    if list[i].touches(t, gap) {
+                        let s = list.remove(i);
+                        self.by_end.remove(&(s.end, k.clone()));
+                        merged.merge(s);
+                    } else {
+                        i += 1;
+                    }
+                }
+                let at = list.partition_point(|s| s.start < merged.start);
+                self.by_end.insert((merged.end, k.clone()));
+                list.insert(at, merged);
             }
         }
-        let at = list.partition_point(|s| s.start < merged.start);
-        self.by_end.insert((merged.end, key.to_string()));
-        list.insert(at, merged);
-        if !self.changed.contains(key) {
-            self.changed.insert(key.to_string());
-        }
+        self.changed.insert(k);
         self.advance_to(t);
         Ok(())
     }
@@ -311,8 +381,8 @@ impl Sessions {
             if s.mixed_currency {
                 self.mixed_currency += 1;
             }
-            self.changed.insert(key.clone());
-            out.push((key, s));
+            out.push((key.to_string(), s));
+            self.changed.insert(key);
         }
         out
     }
@@ -326,7 +396,7 @@ impl Sessions {
                 .get(&key)
                 .map(|l| encode_sessions(l))
                 .unwrap_or_default();
-            out.push((key.into_bytes(), value));
+            out.push((key.as_bytes().to_vec(), value));
         }
         if self.watermark_changed {
             self.watermark_changed = false;
@@ -347,9 +417,9 @@ impl Sessions {
             self.watermark = self.watermark.max(i64::from_be_bytes(b));
             return Ok(());
         }
-        let key = std::str::from_utf8(key)
-            .map_err(|_| "changelog key is not UTF-8".to_string())?
-            .to_string();
+        let key: Arc<str> = Arc::from(
+            std::str::from_utf8(key).map_err(|_| "changelog key is not UTF-8".to_string())?,
+        );
         if let Some(old) = self.open.remove(&key) {
             for s in old {
                 self.by_end.remove(&(s.end, key.clone()));
