@@ -11,11 +11,15 @@
 # Settings (environment):
 #   TOPIC_PREFIX     topic namespace of the pipeline                    default "" (the main pipeline)
 #   NAME             service name prefix (logs .stack/services/<NAME><service>.log)   default ""
-#   PORT_BASE        first metrics port; services take PORT_BASE..PORT_BASE+7         default 9201
+#   PORT_BASE        first metrics port; services take PORT_BASE..PORT_BASE+7, the
+#                    model service's forecast API PORT_BASE+9                          default 9201
+#   MODEL_PERIOD_MS  the model's base period (3600000 = hourly; the demo and tests, whose
+#                    simulated clock runs 60x, use 60000)                              default 3600000
 #   SCYLLA_KEYSPACE  keyspace of the real-time tables                   default cartstream
 #   LAKE_URL         history lake (file:// or s3://)                    default file://<repo>/.stack/lake
+#                    Consumer groups are the services' defaults: <TOPIC_PREFIX>cartstream-<service>.
 #   MODEL_URL        model registry (file:// or s3://)                  default file://<repo>/.stack/models
-#   GROUP_SUFFIX     appended to every consumer group (a replay generation reading the same topics)
+#   SOURCE_TOPIC_PREFIX  namespace of purchases.raw and the catalog topics when it differs (replay)
 #   BIN              where the binaries are                             default ./target/debug
 #   PROFILE_ARGS     extra flags for every processor (e.g. "--batch-linger-ms 50")
 set -euo pipefail
@@ -23,12 +27,11 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 : "${TOPIC_PREFIX:=}" "${NAME:=}" "${PORT_BASE:=9201}" "${SCYLLA_KEYSPACE:=cartstream}"
 : "${LAKE_URL:=file://$ROOT/.stack/lake}" "${MODEL_URL:=file://$ROOT/.stack/models}"
-: "${GROUP_SUFFIX:=}" "${BIN:=./target/debug}" "${PROFILE_ARGS:=}"
+: "${BIN:=./target/debug}" "${MODEL_PERIOD_MS:=3600000}" "${PROFILE_ARGS:=}"
 export TOPIC_PREFIX SCYLLA_KEYSPACE
 
 SERVICES=(cleaner enricher windower sessionizer detector scylla-sink lake-sink model-service)
 port_of() { local i; for i in "${!SERVICES[@]}"; do [[ ${SERVICES[$i]} == "$1" ]] && echo $((PORT_BASE + i)); done; }
-group() { echo "${TOPIC_PREFIX}cartstream-$1$GROUP_SUFFIX"; }
 
 start_service() { # service command...
   local svc=$1; shift
@@ -45,15 +48,16 @@ start() {
   local id=${NAME:-local}0
   # shellcheck disable=SC2086 # PROFILE_ARGS is a list of flags
   {
-    start_service cleaner "$BIN/cartstream-cleaner" --instance-id "$id" --group "$(group cleaner)" $PROFILE_ARGS
-    start_service enricher "$BIN/cartstream-enricher" --instance-id "$id" --group "$(group enricher)" $PROFILE_ARGS
-    start_service windower "$BIN/cartstream-windower" --instance-id "$id" --group "$(group windower)" $PROFILE_ARGS
-    start_service sessionizer "$BIN/cartstream-sessionizer" --instance-id "$id" --group "$(group sessionizer)" $PROFILE_ARGS
-    start_service detector "$BIN/cartstream-detector" --instance-id "$id" --group "$(group detector)" $PROFILE_ARGS
+    start_service cleaner "$BIN/cartstream-cleaner" --instance-id "$id" $PROFILE_ARGS
+    start_service enricher "$BIN/cartstream-enricher" --instance-id "$id" $PROFILE_ARGS
+    start_service windower "$BIN/cartstream-windower" --instance-id "$id" $PROFILE_ARGS
+    start_service sessionizer "$BIN/cartstream-sessionizer" --instance-id "$id" $PROFILE_ARGS
+    start_service detector "$BIN/cartstream-detector" --instance-id "$id" $PROFILE_ARGS
   }
-  start_service scylla-sink "$BIN/cartstream-scylla-sink" run --group "$(group scylla-sink)"
-  start_service lake-sink "$BIN/cartstream-lake-sink" run --group "$(group lake-sink)" --lake-url "$LAKE_URL"
-  start_service model-service "$BIN/cartstream-model-service" serve --registry-url "$MODEL_URL"
+  start_service scylla-sink "$BIN/cartstream-scylla-sink" run --instance-id "$id"
+  start_service lake-sink "$BIN/cartstream-lake-sink" --lake-url "$LAKE_URL" run --instance-id "$id"
+  start_service model-service "$BIN/cartstream-model-service" run --model-store "$MODEL_URL" \
+    --http-addr "127.0.0.1:$((PORT_BASE + 9))" --period-ms "$MODEL_PERIOD_MS" --window-size-ms 60000
 }
 
 # Sum of every lag gauge a service exports (processors and sinks), or "down".
@@ -83,6 +87,6 @@ case ${1:-} in
   stop) bash scripts/services.sh stop "${SERVICES[@]/#/$NAME}" ;;
   status) bash scripts/services.sh status "${SERVICES[@]/#/$NAME}" ;;
   wait) wait_caught_up ;;
-  port) port_of "$2" ;;
+  port) [[ $2 == model-api ]] && echo $((PORT_BASE + 9)) || port_of "$2" ;;
   *) sed -n '2,22p' "$0"; exit 2 ;;
 esac

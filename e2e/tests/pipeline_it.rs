@@ -89,7 +89,8 @@ impl Generation {
             .env("LAKE_URL", format!("file://{}", self.lake.display()))
             .env("MODEL_URL", format!("file://{}", self.models.display()))
             .env("BIN", bin_dir())
-            .env("PROFILE_ARGS", "--batch-linger-ms 50");
+            .env("PROFILE_ARGS", "--batch-linger-ms 50")
+            .env("MODEL_PERIOD_MS", "60000");
     }
 
     fn script(&self, action: &str) -> std::process::Output {
@@ -344,7 +345,7 @@ async fn pipeline_serves_every_dashboard_panel_and_a_replay_rebuilds_the_same_st
         .join("target/e2e")
         .join(prefix.trim_end_matches('.'));
     std::fs::create_dir_all(&work).unwrap();
-    let base = free_ports(20);
+    let base = free_ports(21);
     let gen1 = Generation {
         name: prefix.clone(),
         prefix: prefix.clone(),
@@ -358,7 +359,7 @@ async fn pipeline_serves_every_dashboard_panel_and_a_replay_rebuilds_the_same_st
 
     // --- live run, scraped by Prometheus.
     let live_started = Instant::now();
-    let status = producer(&gen1, events, 2_000, base + 19).wait().unwrap();
+    let status = producer(&gen1, events, 2_000, base + 20).wait().unwrap();
     assert!(status.success(), "producer failed");
     gen1.wait_caught_up();
     let live_secs = live_started.elapsed().as_secs_f64();
