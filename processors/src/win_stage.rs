@@ -207,8 +207,13 @@ pub enum Repartitioned {
     /// Partial aggregate of one group over one pane (the record key is the group key).
     Partial { pane: i64, agg: Agg },
     /// Input partition `partition` has watermark `watermark`: no partial for a window final
-    /// under it will follow from that partition.
-    Marker { partition: i32, watermark: i64 },
+    /// under it will follow from that partition. `idle`: the watermark was adopted because the
+    /// partition had no records (other instances do not count it as active).
+    Marker {
+        partition: i32,
+        watermark: i64,
+        idle: bool,
+    },
 }
 
 const TAG_PARTIAL: u8 = b'P';
@@ -227,11 +232,13 @@ impl Repartitioned {
             Repartitioned::Marker {
                 partition,
                 watermark,
+                idle,
             } => {
-                let mut b = Vec::with_capacity(13);
+                let mut b = Vec::with_capacity(14);
                 b.push(TAG_MARKER);
                 b.extend_from_slice(&partition.to_le_bytes());
                 b.extend_from_slice(&watermark.to_le_bytes());
+                b.push(u8::from(*idle));
                 b
             }
         }
@@ -248,9 +255,15 @@ impl Repartitioned {
             TAG_MARKER => {
                 let partition = i32::try_from(r.u32()?).ok()?;
                 let watermark = r.i64()?;
+                let idle = match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return None,
+                };
                 r.0.is_empty().then_some(Repartitioned::Marker {
                     partition,
                     watermark,
+                    idle,
                 })
             }
             _ => None,
@@ -335,14 +348,17 @@ pub struct PreStage {
     committed: BTreeMap<i32, PartitionMark>,
     pending: HashMap<(GroupKey, i64), Agg>,
     dirty: BTreeSet<i32>,
+    /// Partitions whose watermark moved by records in this batch (the others moved by adoption).
+    by_records: BTreeSet<i32>,
 }
 
 /// What stage 1 hands over at the end of a batch.
 #[derive(Debug, Default)]
 pub struct Drained {
     pub partials: Vec<(GroupKey, i64, Agg)>,
-    /// Partitions whose watermark moved, with their new state.
-    pub marks: Vec<(i32, PartitionMark)>,
+    /// Partitions whose watermark moved, with their new state and whether it moved only by
+    /// idle adoption.
+    pub marks: Vec<(i32, PartitionMark, bool)>,
 }
 
 impl PreStage {
@@ -353,6 +369,7 @@ impl PreStage {
             committed: BTreeMap::new(),
             pending: HashMap::new(),
             dirty: BTreeSet::new(),
+            by_records: BTreeSet::new(),
         }
     }
 
@@ -399,6 +416,7 @@ impl PreStage {
             if wm > m.watermark {
                 m.watermark = wm;
                 self.dirty.insert(partition);
+                self.by_records.insert(partition);
             }
         }
         let pane = cfg.spec.pane_of(t);
@@ -425,9 +443,14 @@ impl PreStage {
             .map(|((k, pane), a)| (k, pane, a))
             .collect();
         partials.sort_unstable_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
+        let by_records = std::mem::take(&mut self.by_records);
         let marks = std::mem::take(&mut self.dirty)
             .into_iter()
-            .filter_map(|p| self.marks.get(&p).map(|m| (p, *m)))
+            .filter_map(|p| {
+                self.marks
+                    .get(&p)
+                    .map(|m| (p, *m, !by_records.contains(&p)))
+            })
             .collect();
         Drained { partials, marks }
     }
@@ -440,6 +463,7 @@ impl PreStage {
         self.marks.clone_from(&self.committed);
         self.pending.clear();
         self.dirty.clear();
+        self.by_records.clear();
     }
 }
 
@@ -809,6 +833,7 @@ mod tests {
         let m = Repartitioned::Marker {
             partition: 4,
             watermark: -9,
+            idle: true,
         };
         assert_eq!(Repartitioned::decode(&m.encode()), Some(m));
         assert_eq!(Repartitioned::decode(b"Pxx"), None);
@@ -842,7 +867,9 @@ mod tests {
             }
         );
         let d = s.drain();
-        assert_eq!(d.marks, vec![(0, s.mark(0))]);
+        assert_eq!(d.marks, vec![(0, s.mark(0), false)]);
+        s.advance(0, 1_000);
+        assert_eq!(s.drain().marks, vec![(0, s.mark(0), true)]);
         // 3 on-time events x 5 dimensions, in panes 1 and 3.
         let total: i64 = d.partials.iter().map(|p| p.2.views).sum();
         assert_eq!(total, 15);
@@ -916,7 +943,7 @@ mod tests {
                 };
                 merges[hash(&k)].apply_partial(k, pane, &agg);
             }
-            for (p, mk) in d.marks {
+            for (p, mk, _) in d.marks {
                 for m in merges.iter_mut() {
                     m.apply_marker(p, mk.watermark);
                 }

@@ -14,7 +14,9 @@
 //!   the producer's ground truth (`per_minute`).
 //!
 //! Size: `CARTSTREAM_WIN_IT_EVENTS` events (default 12 000); `CARTSTREAM_WIN_IT_SLIDE_SECS` runs
-//! hopping windows of 2 minutes with that slide instead of 1-minute tumbling ones (by hand).
+//! hopping windows of 2 minutes with that slide instead of 1-minute tumbling ones;
+//! `CARTSTREAM_WIN_IT_INSTANCES=2` runs two windower instances (one group, partitions shared,
+//! killed in turn) — both by hand.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
@@ -50,7 +52,7 @@ fn read_all(kafka: &KafkaArgs, topic: &str) -> Vec<rdkafka::message::OwnedMessag
     .unwrap()
 }
 
-fn spawn(bin: &str, prefix: &str, extra: &[String]) -> Child {
+fn spawn(bin: &str, prefix: &str, instance: &str, extra: &[String]) -> Child {
     Command::new(bin)
         .args([
             "--topic-prefix",
@@ -58,7 +60,7 @@ fn spawn(bin: &str, prefix: &str, extra: &[String]) -> Child {
             "--metrics-addr",
             "off",
             "--instance-id",
-            "w0",
+            instance,
             "--batch-size",
             "500",
         ])
@@ -225,9 +227,24 @@ async fn windows_are_exact_through_kills_late_events_and_a_silent_partition() {
     ]
     .to_vec();
     let windower_bin = env!("CARGO_BIN_EXE_cartstream-windower");
-    let mut cleaner = spawn(env!("CARGO_BIN_EXE_cartstream-cleaner"), &prefix, &[]);
-    let mut enricher = spawn(env!("CARGO_BIN_EXE_cartstream-enricher"), &prefix, &[]);
-    let mut windower = spawn(windower_bin, &prefix, &windower_args);
+    let mut cleaner = spawn(env!("CARGO_BIN_EXE_cartstream-cleaner"), &prefix, "w0", &[]);
+    let mut enricher = spawn(
+        env!("CARGO_BIN_EXE_cartstream-enricher"),
+        &prefix,
+        "w0",
+        &[],
+    );
+    let instances = env_or("CARTSTREAM_WIN_IT_INSTANCES", 1) as usize;
+    let mut windowers: Vec<Child> = (0..instances)
+        .map(|i| spawn(windower_bin, &prefix, &format!("w{i}"), &windower_args))
+        .collect();
+    // kill -9 one windower instance (in turn) and restart it with the same instance id.
+    let mut kill_one = |k: usize| {
+        let i = k % instances;
+        windowers[i].kill().unwrap();
+        windowers[i].wait().unwrap();
+        windowers[i] = spawn(windower_bin, &prefix, &format!("w{i}"), &windower_args);
+    };
 
     let dir = std::env::temp_dir().join(format!("windower-it-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -238,10 +255,8 @@ async fn windows_are_exact_through_kills_late_events_and_a_silent_partition() {
     let mut kills = 0;
     while !producing.is_finished() || kills < 3 {
         tokio::time::sleep(Duration::from_millis(2_300)).await;
-        windower.kill().unwrap();
-        windower.wait().unwrap();
+        kill_one(kills);
         kills += 1;
-        windower = spawn(windower_bin, &prefix, &windower_args);
     }
     producing.await.unwrap();
     let truth: serde_json::Value =
@@ -302,10 +317,8 @@ async fn windows_are_exact_through_kills_late_events_and_a_silent_partition() {
     }
     // One more crash while the last windows wait for the idle partitions.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    windower.kill().unwrap();
-    windower.wait().unwrap();
+    kill_one(kills);
     kills += 1;
-    windower = spawn(windower_bin, &prefix, &windower_args);
 
     // Expected windows: every enriched event that is not on the late topic.
     let closed_by = flush_time - OOO_MS; // the watermark the silent partitions adopt
@@ -366,8 +379,10 @@ async fn windows_are_exact_through_kills_late_events_and_a_silent_partition() {
             break (finals, late, expect);
         }
     };
-    windower.kill().unwrap();
-    let _ = windower.wait();
+    for w in &mut windowers {
+        w.kill().unwrap();
+        let _ = w.wait();
+    }
     // SIGTERM for the others: a clean exit.
     for c in [&mut cleaner, &mut enricher] {
         let _ = Command::new("kill")
@@ -524,7 +539,7 @@ async fn windows_are_exact_through_kills_late_events_and_a_silent_partition() {
         }
     }
     eprintln!(
-        "windower_it: {} events, {} late (+1 injected), {} final windows checked, {kills} kills, size {size} slide {slide}",
+        "windower_it: {} events, {} late (+1 injected), {} final windows checked, {kills} kills, {instances} instance(s), size {size} slide {slide}",
         events.len(),
         producer_late,
         checked

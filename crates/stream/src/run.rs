@@ -487,25 +487,28 @@ pub async fn run<P: Processor>(
         // 1. Gather a batch.
         let mut batch: Vec<OwnedMessage> = Vec::with_capacity(args.batch_size);
         let deadline = Instant::now() + linger;
-        while batch.len() < args.batch_size {
+        loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
+            // The rebalance events below are applied on every pass, also when the linger ends
+            // without a record: an idle consumer must still learn of revocations (or it would
+            // keep acting on partitions it lost) and assignments (to restore their state).
+            let mut done = left.is_zero() || batch.len() >= args.batch_size;
             let mut received = None;
-            tokio::select! {
-                _ = shutdown.wait() => break,
-                r = tokio::time::timeout(left, consumer.recv()) => match r {
-                    Ok(Ok(msg)) => received = Some(msg.detach()),
-                    Ok(Err(e)) => {
-                        tracing::warn!(error = %e, "consume error");
-                        if consumer.context().errors.auth_failed() {
-                            anyhow::bail!("Kafka refused our credentials: {}", consumer.context().errors.auth_error().unwrap_or_default());
+            if !done {
+                tokio::select! {
+                    _ = shutdown.wait() => done = true,
+                    r = tokio::time::timeout(left, consumer.recv()) => match r {
+                        Ok(Ok(msg)) => received = Some(msg.detach()),
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "consume error");
+                            if consumer.context().errors.auth_failed() {
+                                anyhow::bail!("Kafka refused our credentials: {}", consumer.context().errors.auth_error().unwrap_or_default());
+                            }
+                            tokio::time::sleep(Duration::from_millis(200)).await;
                         }
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                    Err(_) => break,
-                },
+                        Err(_) => done = true,
+                    },
+                }
             }
             // Rebalances happen inside recv(): apply them before the next record.
             let events: Vec<RebalanceEvent> = std::mem::take(
@@ -554,6 +557,9 @@ pub async fn run<P: Processor>(
                 } else {
                     m.stale_records.with_label_values(&[stage]).inc();
                 }
+            }
+            if done || batch.len() >= args.batch_size {
+                break;
             }
         }
         if batch.is_empty() && shutdown.is_triggered() {

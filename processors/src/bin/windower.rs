@@ -21,7 +21,7 @@
 
 use std::collections::HashMap;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -34,12 +34,14 @@ use cartstream_processors::win_stage::{
     Repartitioned, StateChange, WinConfig, WindowResult,
 };
 use cartstream_processors::window::WindowSpec;
+use cartstream_runtime::Shutdown;
 use cartstream_stream::{
     Input, LoopArgs, Output, ProcessError, Processor, ProcessorArgs, StageMetrics, Topology,
 };
 use clap::Parser;
 use prometheus::{register_int_counter_vec, IntCounterVec};
-use rdkafka::Message;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Message, Offset, TopicPartitionList};
 
 const STAGE_PRE: &str = "windower-pre";
 const STAGE: &str = "windower";
@@ -162,6 +164,55 @@ async fn read_changelog(
 // ---------------------------------------------------------------------------------------------
 // Stage 1
 
+/// The latest marker of every input partition as read from partition 0 of the repartition topic
+/// (markers go to every partition): watermark, idle flag, arrival. Lets idle partitions of this
+/// instance follow the active partitions other instances own.
+type Remote = Arc<Mutex<HashMap<i32, (i64, bool, Instant)>>>;
+
+/// Follows the markers on a thread of its own until shutdown (committed records only, from the
+/// end: only partitions whose watermark moves matter).
+fn follow_markers(
+    kafka: &KafkaArgs,
+    group: &str,
+    topic: &str,
+    remote: Remote,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let mut config = kafka.consumer(&format!("{group}-markers"))?;
+    config.set("enable.auto.commit", "false");
+    let consumer: BaseConsumer = config.create()?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::End)?;
+    consumer.assign(&tpl)?;
+    std::thread::Builder::new()
+        .name("windower-markers".into())
+        .spawn(move || {
+            while !shutdown.is_triggered() {
+                match consumer.poll(Duration::from_millis(200)) {
+                    Some(Ok(m)) => {
+                        if let Some(Repartitioned::Marker {
+                            partition,
+                            watermark,
+                            idle,
+                        }) = m.payload().and_then(Repartitioned::decode)
+                        {
+                            remote
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .insert(partition, (watermark, idle, Instant::now()));
+                        }
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "reading watermark markers");
+                        std::thread::sleep(Duration::from_millis(500));
+                    }
+                    None => {}
+                }
+            }
+        })?;
+    Ok(())
+}
+
 struct Pre {
     decoder: Decoder<EnrichedEvent>,
     late_encoder: Encoder<LateEvent>,
@@ -172,6 +223,8 @@ struct Pre {
     changelog: String,
     last_seen: HashMap<i32, Instant>,
     idle_timeout: Duration,
+    remote: Remote,
+    last_heartbeat: Instant,
     kafka: KafkaArgs,
     group: String,
     metrics: Arc<Metrics>,
@@ -247,19 +300,33 @@ impl Processor for Pre {
     }
 
     async fn on_tick(&mut self, out: &mut Output) -> Result<(), ProcessError> {
-        // Idle partitions adopt the lowest watermark of the active ones.
+        // Idle partitions adopt the lowest watermark of the active ones: this instance's
+        // partitions with records within the idle timeout, and other instances' partitions whose
+        // markers (not idle ones) arrived within it.
         let now = Instant::now();
         let (active, idle): (Vec<_>, Vec<_>) = self.stage.partitions().partition(|(p, _)| {
             self.last_seen
                 .get(p)
                 .is_some_and(|t| now.duration_since(*t) < self.idle_timeout)
         });
-        // With no active partition at all (the stream went quiet, or right after a restart),
-        // the idle ones follow the most advanced of them.
-        let target = if active.is_empty() {
-            idle.iter().map(|(_, m)| m.watermark).max()
+        let mut active_wms: Vec<i64> = active.iter().map(|(_, m)| m.watermark).collect();
+        let mut all_wms: Vec<i64> = self.stage.partitions().map(|(_, m)| m.watermark).collect();
+        for (p, (wm, was_idle, at)) in self.remote.lock().unwrap_or_else(|p| p.into_inner()).iter()
+        {
+            if self.last_seen.contains_key(p) {
+                continue; // ours
+            }
+            all_wms.push(*wm);
+            if !was_idle && now.duration_since(*at) < self.idle_timeout {
+                active_wms.push(*wm);
+            }
+        }
+        // With no active partition anywhere (the stream went quiet, or right after a restart),
+        // the idle ones follow the most advanced one.
+        let target = if active_wms.is_empty() {
+            all_wms.into_iter().max()
         } else {
-            active.iter().map(|(_, m)| m.watermark).min()
+            active_wms.into_iter().min()
         };
         if let Some(target) = target {
             if target != i64::MIN {
@@ -271,6 +338,7 @@ impl Processor for Pre {
                 }
             }
         }
+        let active_now: Vec<i32> = active.iter().map(|(p, _)| *p).collect();
         let drained = self.stage.drain();
         let mut key = Vec::with_capacity(64);
         for (k, pane, agg) in drained.partials {
@@ -282,16 +350,42 @@ impl Processor for Pre {
                 Repartitioned::Partial { pane, agg }.encode(),
             );
         }
-        for (p, mark) in drained.marks {
+        for (p, mark, idle) in drained.marks {
             let marker = Repartitioned::Marker {
                 partition: p,
                 watermark: mark.watermark,
+                idle,
             }
             .encode();
             for r in 0..self.repartition_partitions {
                 out.send_to(&self.repartition, r, Some(MARK_KEY), marker.clone());
             }
             out.changelog(&self.changelog, p, MARK_KEY, mark.encode());
+        }
+        // Heartbeat: the markers of every owned partition again, to partition 0 only (where
+        // other instances follow them), so an instance that just started learns them and an
+        // active partition whose event time stands still still counts as active.
+        let every =
+            (self.idle_timeout / 2).clamp(Duration::from_millis(500), Duration::from_secs(10));
+        if self.last_heartbeat.elapsed() >= every {
+            self.last_heartbeat = Instant::now();
+            tracing::debug!(
+                local = ?self.stage.partitions().collect::<Vec<_>>(),
+                active = ?active_now,
+                remote = ?self.remote.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(p, (w, i, at))| (*p, *w, *i, at.elapsed().as_millis())).collect::<Vec<_>>(),
+                "watermarks"
+            );
+            for (p, mark) in self.stage.partitions() {
+                if mark.watermark == i64::MIN {
+                    continue;
+                }
+                let marker = Repartitioned::Marker {
+                    partition: p,
+                    watermark: mark.watermark,
+                    idle: !active_now.contains(&p),
+                };
+                out.send_to(&self.repartition, 0, Some(MARK_KEY), marker.encode());
+            }
         }
         let wm = self
             .stage
@@ -446,6 +540,7 @@ impl Processor for Merge {
             Some(Repartitioned::Marker {
                 partition,
                 watermark,
+                ..
             }) => state.apply_marker(partition, watermark),
             Some(Repartitioned::Partial { pane, agg }) => {
                 match input.key.and_then(GroupKey::decode) {
@@ -666,6 +761,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         "windows"
     );
 
+    let remote: Remote = Arc::default();
+    follow_markers(
+        &c.kafka,
+        &pre_group,
+        &repartition,
+        remote.clone(),
+        service.shutdown.clone(),
+    )?;
     let pre = Pre {
         decoder: Decoder::new(registry.clone()),
         late_encoder: Encoder::register(&registry, &names.subject(Topic::Late)).await?,
@@ -676,6 +779,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         changelog: pre_changelog,
         last_seen: HashMap::new(),
         idle_timeout: Duration::from_millis(cli.idle_timeout as u64),
+        remote: remote.clone(),
+        last_heartbeat: Instant::now(),
         kafka: c.kafka.clone(),
         group: pre_group.clone(),
         metrics: metrics.clone(),
@@ -709,21 +814,44 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         group: Some(merge_group.clone()),
         ..c.stream.clone()
     };
-    let stage1 = cartstream_stream::run(
-        Topology {
-            stage: STAGE_PRE,
-            group: &pre_group,
-            inputs: &pre_inputs,
-            dead_letter_topic: &dlq,
-            dead_letter_subject: &dlq_subject,
-        },
-        &pre_args,
-        &c.kafka,
-        &registry,
-        pre,
-        &service.shutdown,
-        &service.health,
-    );
+    // Stage 1 runs on a thread and runtime of its own: the loop blocks its thread while it commits
+    // or serves a rebalance, and two loops sharing one task could stall each other's consumer
+    // group protocol.
+    let stage1 = {
+        let kafka = c.kafka.clone();
+        let registry = registry.clone();
+        let shutdown = service.shutdown.clone();
+        let health = service.health.clone();
+        let (pre_group, dlq, dlq_subject) = (pre_group.clone(), dlq.clone(), dlq_subject.clone());
+        std::thread::Builder::new()
+            .name("windower-pre".into())
+            .spawn(move || -> anyhow::Result<()> {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .thread_name("windower-pre-rt")
+                    .enable_all()
+                    .build()?;
+                let r = rt.block_on(cartstream_stream::run(
+                    Topology {
+                        stage: STAGE_PRE,
+                        group: &pre_group,
+                        inputs: &pre_inputs,
+                        dead_letter_topic: &dlq,
+                        dead_letter_subject: &dlq_subject,
+                    },
+                    &pre_args,
+                    &kafka,
+                    &registry,
+                    pre,
+                    &shutdown,
+                    &health,
+                ));
+                if r.is_err() {
+                    shutdown.trigger();
+                }
+                r
+            })?
+    };
     let stage2 = cartstream_stream::run(
         Topology {
             stage: STAGE,
@@ -738,26 +866,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         merge,
         &service.shutdown,
         &service.health,
-    );
+    )
+    .await;
     // Both loops run until shutdown; if one fails, stop the other too.
-    let (a, b) = tokio::join!(
-        async {
-            let r = stage1.await;
-            if r.is_err() {
-                service.shutdown.trigger();
-            }
-            r
-        },
-        async {
-            let r = stage2.await;
-            if r.is_err() {
-                service.shutdown.trigger();
-            }
-            r
-        }
-    );
-    a.context("stage windower-pre")?;
-    b.context("stage windower")?;
+    if stage2.is_err() {
+        service.shutdown.trigger();
+    }
+    let stage1 = tokio::task::spawn_blocking(move || stage1.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("stage windower-pre panicked"))?;
+    stage1.context("stage windower-pre")?;
+    stage2.context("stage windower")?;
     Ok(())
 }
 
