@@ -98,7 +98,7 @@ printf '%-12s %9s upserts/s %5.2fx of passthrough  in-flight <= %s  write p50 <=
   scylla-sink "$SC" "$(awk -v a="$SC" -v b="$PT" 'BEGIN { print a / b }')" "$IN_FLIGHT" "$p50" "$p99" "$retries" "$(load)"
 
 start lake -- $bin/cartstream-lake-sink --lake-url "$LAKE" run --topic-prefix "$PREFIX" --group "bench-lake-$RANDOM" \
-  --max-file-records "${LAKE_MAX_FILE_RECORDS:-100000}" --max-file-age-secs 5
+  --max-file-records "${LAKE_MAX_FILE_RECORDS:-25000}" --max-file-age-secs 5
 wait_for lake cartstream_sink_rows_written_total "$E" 'target="parquet"' cartstream_sink_consumed_total
 in_bytes=$(metric "$MPORT" cartstream_sink_consumed_bytes_total); out_bytes=$(metric "$MPORT" cartstream_sink_bytes_written_total)
 files=$(metric "$MPORT" cartstream_sink_files_written_total); stop
@@ -107,5 +107,11 @@ printf '%-12s %9s ev/s      %5.2fx of passthrough  %.1f MB/s Avro in, %.1f MB Pa
   lake-sink "$LK" "$(awk -v a="$LK" -v b="$PT" 'BEGIN { print a / b }')" \
   "$(awk -v b="$in_bytes" -v s="$SECS" 'BEGIN { print b / s / 1e6 }')" "$(awk -v b="$out_bytes" 'BEGIN { print b / 1e6 }')" \
   "$files" "$(awk -v a="$in_bytes" -v b="$out_bytes" 'BEGIN { print a / b }')" "$(load)"
-$bin/cartstream-scylla-sink --scylla-keyspace "$KS" migrate >/dev/null 2>&1 || true
-echo "(keyspace $KS and topics $PREFIX* are left for inspection; 2-core box: the figures share the CPU with Kafka, Cassandra and anything else running)"
+# Drop the benchmark keyspace (the stack's venv has the Python driver once `stack.sh smoke` ran).
+if .stack/venv/bin/python -c "import cassandra" 2>/dev/null; then
+  .stack/venv/bin/python -c "from cassandra.cluster import Cluster; Cluster(['127.0.0.1']).connect().execute('DROP KEYSPACE IF EXISTS $KS')" &&
+    echo "(dropped keyspace $KS)"
+else
+  echo "(keyspace $KS is left behind: DROP KEYSPACE $KS to remove it)"
+fi
+echo "(topics $PREFIX* are left for inspection; 2-core box: the figures share the CPU with Kafka, Cassandra and whatever else runs: see the load column)"

@@ -320,7 +320,7 @@ pub struct LakeSinkArgs {
     #[arg(long, env = "MAX_FILE_RECORDS", default_value_t = 500_000)]
     pub max_file_records: usize,
     /// Rotate a partition's file after this many bytes of Avro input.
-    #[arg(long, env = "MAX_FILE_BYTES", default_value_t = 256 * 1024 * 1024)]
+    #[arg(long, env = "MAX_FILE_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_file_bytes: usize,
     /// Rotate a partition's file this many seconds after its first record (the latency bound).
     #[arg(long, env = "MAX_FILE_AGE_SECS", default_value_t = 60)]
