@@ -9,9 +9,10 @@
 //!    partition, sets late events aside and writes per-batch partial aggregates per
 //!    (dimension value, pane) to the internal topic `<group>-pre.repartition`, keyed by the
 //!    dimension value, followed by a watermark marker broadcast to every partition of it. A
-//!    partition without records for `--idle-timeout` adopts the lowest watermark of this
-//!    instance's active partitions (the highest of all when every partition is idle), so it stops
-//!    holding windows open. Its state (the watermark of
+//!    partition without records for `--idle-timeout` adopts the lowest watermark of the active
+//!    partitions (this instance's, and other instances' as seen from the markers on partition 0,
+//!    where each instance re-sends its markers as a heartbeat), or the highest known when none is
+//!    active, so it stops holding windows open. Its state (the watermark of
 //!    each input partition) is in the compacted `<group>-pre.changelog`.
 //! 2. `windower` (group `<group>`) reads the repartition topic, merges partials into panes and
 //!    emits a window when the minimum watermark over all input partitions passes its end plus
@@ -91,8 +92,8 @@ struct Cli {
     #[arg(long, env = "MAX_OUT_OF_ORDER", default_value = "5s", value_parser = parse_ms)]
     max_out_of_order: i64,
     /// A partition without records for this long (wall clock) stops holding the watermark back:
-    /// it adopts the lowest watermark of the instance's active partitions (the highest of all
-    /// when every partition is idle).
+    /// it adopts the lowest watermark of the active partitions, this instance's or others' (the
+    /// highest known when none is active).
     #[arg(long, env = "IDLE_TIMEOUT", default_value = "30s", value_parser = parse_ms)]
     idle_timeout: i64,
     /// Emit early (is_final=false) results of the open windows that changed, at most this often
