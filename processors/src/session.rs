@@ -26,9 +26,52 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
-use cartstream_events::types::{EnrichedEvent, EventType, Session};
+use cartstream_events::types::{AvroRecord, EnrichedEvent, EventType, Session};
+use cartstream_events::Contract;
+use serde::{Deserialize, Serialize};
 
 use crate::window::MICROS;
+
+/// The fields of an enriched event a session needs: the sessionizer decodes `purchases.enriched`
+/// straight into it (same contract, the other fields are skipped), which saves half the
+/// allocations of decoding the whole [`EnrichedEvent`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename = "EnrichedEvent")]
+pub struct SessionEvent {
+    pub event_id: String,
+    pub event_time: i64,
+    pub event_type: EventType,
+    pub price: f64,
+    pub currency: String,
+    pub quantity: i32,
+    pub user_id: i64,
+    pub user_session: String,
+    pub user_country: String,
+    pub user_device: String,
+    pub user_segment: String,
+}
+
+impl AvroRecord for SessionEvent {
+    const CONTRACT: Contract = Contract::EnrichedEvent;
+}
+
+impl From<&EnrichedEvent> for SessionEvent {
+    fn from(e: &EnrichedEvent) -> Self {
+        SessionEvent {
+            event_id: e.event_id.clone(),
+            event_time: e.event_time,
+            event_type: e.event_type,
+            price: e.price,
+            currency: e.currency.clone(),
+            quantity: e.quantity,
+            user_id: e.user_id,
+            user_session: e.user_session.clone(),
+            user_country: e.user_country.clone(),
+            user_device: e.user_device.clone(),
+            user_segment: e.user_segment.clone(),
+        }
+    }
+}
 
 /// Inactivity gap and grace, in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,7 +129,7 @@ pub fn line_micros(price: f64, quantity: i32) -> i64 {
 }
 
 impl Open {
-    pub fn from_event(e: &EnrichedEvent) -> Open {
+    pub fn from_event(e: &SessionEvent) -> Open {
         let mut o = Open {
             start: e.event_time,
             end: e.event_time,
@@ -153,7 +196,7 @@ impl Open {
 
     /// Adds one event to this session (the same as merging `Open::from_event(e)`, without
     /// building it: the hot path).
-    pub fn absorb(&mut self, e: &EnrichedEvent) {
+    pub fn absorb(&mut self, e: &SessionEvent) {
         let t = e.event_time;
         self.start = self.start.min(t);
         self.end = self.end.max(t);
@@ -292,7 +335,7 @@ impl Sessions {
     }
 
     /// Adds an event of session key `e.user_session`.
-    pub fn add(&mut self, e: &EnrichedEvent) -> Result<(), Late> {
+    pub fn add(&mut self, e: &SessionEvent) -> Result<(), Late> {
         let t = e.event_time;
         if t < self.watermark.saturating_sub(self.cfg.grace_ms) {
             return Err(Late {
@@ -578,8 +621,8 @@ pub fn decode_sessions(bytes: &[u8]) -> Result<Vec<Open>, String> {
 
 /// Sessions of a complete set of events computed offline (sort each key's events, split where
 /// two consecutive events are `gap` or more apart): the reference the streaming result must equal.
-pub fn sessions_offline(events: &[EnrichedEvent], gap_ms: i64) -> Vec<Session> {
-    let mut by_key: HashMap<&str, Vec<&EnrichedEvent>> = HashMap::new();
+pub fn sessions_offline(events: &[SessionEvent], gap_ms: i64) -> Vec<Session> {
+    let mut by_key: HashMap<&str, Vec<&SessionEvent>> = HashMap::new();
     for e in events {
         by_key.entry(e.user_session.as_str()).or_default().push(e);
     }
@@ -660,8 +703,8 @@ mod tests {
     const GAP: i64 = 1_000;
     const GRACE: i64 = 300;
 
-    fn ev(key: &str, id: usize, t: i64, kind: EventType, price: f64) -> EnrichedEvent {
-        EnrichedEvent {
+    fn ev(key: &str, id: usize, t: i64, kind: EventType, price: f64) -> SessionEvent {
+        SessionEvent::from(&EnrichedEvent {
             event_id: format!("e{id}"),
             event_time: t,
             event_type: kind,
@@ -683,7 +726,7 @@ mod tests {
             user_country: "DE".into(),
             user_device: "mobile".into(),
             user_segment: "new".into(),
-        }
+        })
     }
 
     fn cfg() -> SessionConfig {
@@ -833,7 +876,7 @@ mod tests {
         )
     }
 
-    fn build(spec: &[(u8, i64, u8, u16, i64)]) -> Vec<(EnrichedEvent, i64)> {
+    fn build(spec: &[(u8, i64, u8, u16, i64)]) -> Vec<(SessionEvent, i64)> {
         spec.iter()
             .enumerate()
             .map(|(i, (k, t, ty, cents, jitter))| {
@@ -858,7 +901,7 @@ mod tests {
             spec in arb_events(), close_every in 1usize..10
         ) {
             let evs = build(&spec);
-            let all: Vec<EnrichedEvent> = evs.iter().map(|(e, _)| e.clone()).collect();
+            let all: Vec<SessionEvent> = evs.iter().map(|(e, _)| e.clone()).collect();
             let expected = sessions_offline(&all, GAP);
             let mut arrival = evs.clone();
             arrival.sort_by_key(|(e, a)| (*a, e.event_id.clone()));
@@ -909,7 +952,7 @@ mod tests {
                 got.extend(b.close().into_iter().map(|(k, o)| o.to_session(&k)));
             }
             got.extend(flush(&mut b));
-            let all: Vec<EnrichedEvent> = evs.into_iter().map(|(e, _)| e).collect();
+            let all: Vec<SessionEvent> = evs.into_iter().map(|(e, _)| e).collect();
             prop_assert_eq!(sorted(got), sessions_offline(&all, GAP));
         }
     }

@@ -29,11 +29,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use cartstream_events::types::{EnrichedEvent, Session};
+use cartstream_events::types::Session;
 use cartstream_events::{wire, Decoder, Encoder, Registry};
 use cartstream_kafka::admin::{self, TopicSpec};
 use cartstream_kafka::{read, KafkaArgs, Topic};
-use cartstream_processors::session::{idle_target, parse_duration_ms, SessionConfig, Sessions};
+use cartstream_processors::session::{
+    idle_target, parse_duration_ms, SessionConfig, SessionEvent, Sessions,
+};
 use cartstream_stream::{Input, Output, ProcessError, Processor, ProcessorArgs, StageMetrics};
 use clap::Parser;
 use prometheus::{register_int_counter_vec, register_int_gauge_vec, IntCounterVec, IntGaugeVec};
@@ -93,13 +95,15 @@ impl Metrics {
 
 struct Part {
     sessions: Sessions,
+    /// Records arrived since the last tick (the clock is read once per batch, not per record).
+    fresh: bool,
     last_record: Instant,
     /// Watermark right after the last record (base of the wall-clock advance).
     last_watermark: i64,
 }
 
 struct Sessionizer {
-    decoder: Decoder<EnrichedEvent>,
+    decoder: Decoder<SessionEvent>,
     encoder: Encoder<Session>,
     cfg: SessionConfig,
     out_topic: String,
@@ -130,6 +134,7 @@ impl Sessionizer {
                 *p,
                 Part {
                     sessions: Sessions::new(self.cfg),
+                    fresh: false,
                     last_record: Instant::now(),
                     last_watermark: i64::MIN,
                 },
@@ -205,10 +210,11 @@ impl Processor for Sessionizer {
         let cfg = self.cfg;
         let part = self.parts.entry(input.partition).or_insert_with(|| Part {
             sessions: Sessions::new(cfg),
+            fresh: false,
             last_record: Instant::now(),
             last_watermark: i64::MIN,
         });
-        part.last_record = Instant::now();
+        part.fresh = true;
         match part.sessions.add(&event) {
             Ok(()) => {}
             Err(late) => {
@@ -232,6 +238,11 @@ impl Processor for Sessionizer {
     async fn on_tick(&mut self, out: &mut Output) -> Result<(), ProcessError> {
         self.restore_if_rolled_back().await?;
         let now = Instant::now();
+        for p in self.parts.values_mut() {
+            if std::mem::take(&mut p.fresh) {
+                p.last_record = now;
+            }
+        }
         let idle = |p: &Part| now.duration_since(p.last_record) >= self.idle_timeout;
         let target = idle_target(
             self.parts
