@@ -30,6 +30,7 @@ use cartstream_events::types::{Dimension, EnrichedEvent, KpiWindow, LateEvent};
 use cartstream_events::{Decoder, Encoder, Registry};
 use cartstream_kafka::admin::{self, TopicSpec};
 use cartstream_kafka::{read, KafkaArgs, Topic};
+use cartstream_processors::kpi_metrics::KpiMetrics;
 use cartstream_processors::win_stage::{
     self, encode_marks, pane_state_key, GroupKey, MergeState, PartitionMark, PreStage,
     Repartitioned, StateChange, WinConfig, WindowResult,
@@ -100,6 +101,13 @@ struct Cli {
     /// (e.g. 10s) [default: off, final results only].
     #[arg(long, env = "EARLY_UPDATES", value_parser = parse_ms)]
     early_updates: Option<i64>,
+    /// Business KPI metrics (cartstream_kpi_*): most categories with a label of their own (the
+    /// rest is "other").
+    #[arg(long, env = "KPI_METRICS_CATEGORIES", default_value_t = 200)]
+    kpi_metrics_categories: usize,
+    /// Business KPI metrics: best sellers of the latest window exported by rank.
+    #[arg(long, env = "KPI_METRICS_TOP_PRODUCTS", default_value_t = 10)]
+    kpi_metrics_top_products: usize,
 }
 
 struct Metrics {
@@ -427,6 +435,9 @@ struct Merge {
     last_early: Instant,
     last_gauges: Instant,
     metrics: Arc<Metrics>,
+    /// Business KPI metrics, fed with the final tumbling windows of committed batches.
+    kpi: KpiMetrics,
+    pending_kpi: Vec<KpiWindow>,
 }
 
 impl Merge {
@@ -472,7 +483,7 @@ impl Merge {
         Ok(())
     }
 
-    fn emit(&self, w: &WindowResult, out: &mut Output) -> Result<(), ProcessError> {
+    fn emit(&mut self, w: &WindowResult, out: &mut Output) -> Result<(), ProcessError> {
         let spec = self.cfg.spec;
         let k = &w.key;
         let record = KpiWindow {
@@ -507,6 +518,9 @@ impl Merge {
             &k.currency,
         );
         out.send(&self.out_topic, Some(key.as_bytes()), bytes);
+        if record.is_final && spec.size_ms == spec.slide_ms {
+            self.pending_kpi.push(record);
+        }
         Ok(())
     }
 }
@@ -646,9 +660,17 @@ impl Processor for Merge {
         Ok(())
     }
 
-    fn commit(&mut self) {}
+    fn commit(&mut self) {
+        if !self.pending_kpi.is_empty() {
+            for w in std::mem::take(&mut self.pending_kpi) {
+                self.kpi.observe(&w);
+            }
+            self.kpi.flush();
+        }
+    }
 
     fn rollback(&mut self) {
+        self.pending_kpi.clear();
         // Changes since the last commit are not separable: rebuild from the changelog (which
         // holds exactly the committed state) before the next record.
         self.needs_restore = true;
@@ -802,6 +824,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         last_early: Instant::now(),
         last_gauges: Instant::now(),
         metrics,
+        kpi: KpiMetrics::register(
+            prometheus::default_registry(),
+            cli.kpi_metrics_categories,
+            cli.kpi_metrics_top_products,
+        )?,
+        pending_kpi: Vec::new(),
     };
     let dlq = names.name(Topic::DeadLetters);
     let dlq_subject = names.subject(Topic::DeadLetters);
