@@ -138,6 +138,21 @@ fn main() {
             lat.last().copied().unwrap_or(0.0)
         );
     }
+    // The handler's own time, from the service's histogram (same process).
+    let h = cartstream_model_service::telemetry::HTTP_SECONDS.with_label_values(&["forecast"]);
+    let total = h.get_sample_count();
+    let proto = prometheus::core::Metric::metric(&h);
+    let buckets = proto.get_histogram().get_bucket().to_vec();
+    let p99 = buckets
+        .iter()
+        .find(|b| b.cumulative_count() as f64 >= 0.99 * total as f64)
+        .map_or(f64::INFINITY, |b| b.upper_bound() * 1000.0);
+    let under = buckets.first().map_or(0, |b| b.cumulative_count());
+    println!(
+        "forecast handler time (cartstream_model_http_request_duration_seconds): {total} requests, {:.1} % under {:.2} ms, p99 <= {p99:.2} ms",
+        100.0 * under as f64 / total.max(1) as f64,
+        buckets.first().map_or(0.0, |b| b.upper_bound() * 1000.0),
+    );
     let _ = std::fs::remove_dir_all(dir);
     server_rt.shutdown_timeout(Duration::from_secs(1));
 }
