@@ -133,6 +133,8 @@ pub struct Engine {
     live_features: VecDeque<Vec<Vec<f64>>>,
     last_attempt: Option<i64>,
     champion_since: i64,
+    /// Last scheduled attempt: a rejected scheduled challenger waits a whole period again.
+    schedule_from: i64,
     forecasts: Option<Arc<ForecastSet>>,
     stats: LiveStats,
 }
@@ -150,6 +152,7 @@ impl Engine {
             live_features: VecDeque::new(),
             last_attempt: None,
             champion_since: 0,
+            schedule_from: 0,
             forecasts: None,
             stats: LiveStats::default(),
         }
@@ -346,7 +349,7 @@ impl Engine {
             return Some("drift");
         }
         let every = self.cfg.retrain_every_periods as i64;
-        if every > 0 && now - self.champion_since >= every {
+        if every > 0 && now - self.champion_since.max(self.schedule_from) >= every {
             return Some("schedule");
         }
         None
@@ -355,6 +358,9 @@ impl Engine {
     /// Trains a challenger on the history and decides whether it replaces the champion.
     pub fn retrain(&mut self, trigger: &str, now_ms: i64) -> Result<Candidate, TrainError> {
         self.last_attempt = Some(self.history.next_index());
+        if trigger == "schedule" {
+            self.schedule_from = self.history.next_index();
+        }
         let trained = model::train(&self.history, &self.train, trigger, now_ms)?;
         let mut meta = trained.meta;
         let ch = &meta.holdout.purchases;
@@ -451,6 +457,34 @@ mod tests {
         assert!(peak_after > cfg.error_threshold);
         assert!(promoted_after_shift.is_some(), "{log:?}");
         assert!(recovered.is_some(), "{log:?}");
+    }
+
+    #[test]
+    fn schedule_retrains_once_per_period_of_the_schedule() {
+        let (train, mut cfg) = scenario_config();
+        cfg.retrain_every_periods = 48;
+        cfg.error_threshold = 10.0;
+        cfg.psi_threshold = 100.0;
+        let synth = Synth::new(3, 5);
+        let mut e = Engine::new(train, cfg, 3_600_000);
+        let mut triggers = Vec::new();
+        let start = 24 * 1000;
+        for idx in start..start + 24 * 10 + 240 {
+            if let Some(t) = e.close_period(idx, &synth.period(idx)) {
+                let mut c = e.retrain(t, 0).unwrap();
+                triggers.push(t);
+                if c.promote {
+                    c.meta.version = "v".into();
+                    e.install(Champion {
+                        model: Arc::new(c.model),
+                        meta: c.meta,
+                    });
+                }
+            }
+        }
+        let scheduled = triggers.iter().filter(|t| **t == "schedule").count();
+        // 480 periods, the champion from about period 220 on: every 48 periods, never more often
+        assert!((4..=6).contains(&scheduled), "{triggers:?}");
     }
 
     pub fn scenario_config() -> (TrainConfig, MonitorConfig) {
