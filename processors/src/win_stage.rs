@@ -437,12 +437,13 @@ impl PreStage {
 
     /// The batch's partials and moved watermarks (partials must be written before the markers).
     pub fn drain(&mut self) -> Drained {
-        let mut partials: Vec<(GroupKey, i64, Agg)> = self
-            .pending
-            .drain()
-            .map(|((k, pane), a)| (k, pane, a))
-            .collect();
-        partials.sort_unstable_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
+        let mut partials: Vec<(GroupKey, i64, Agg)> = Vec::with_capacity(self.pending.len());
+        for ((k, pane), a) in self.pending.drain() {
+            for part in split_users(a, MAX_USERS_PER_RECORD) {
+                partials.push((k.clone(), pane, part));
+            }
+        }
+        partials.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
         let by_records = std::mem::take(&mut self.by_records);
         let marks = std::mem::take(&mut self.dirty)
             .into_iter()
@@ -477,21 +478,29 @@ pub struct WindowResult {
 }
 
 /// A change to write to stage 2's changelog.
+///
+/// The changelog holds the partials themselves (deltas), not whole pane states: a pane of a
+/// busy group (`all`) can hold hundreds of thousands of users, too big for one record and too
+/// costly to rewrite every batch. A delta is written once and deleted (tombstone) when its pane
+/// is dropped; restoring merges the live deltas.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StateChange {
-    Pane {
+    /// A partial merged into a pane (`agg`), or its tombstone (`None`).
+    Delta {
         pane: i64,
         key: GroupKey,
+        id: i64,
         agg: Option<Agg>,
     },
     Marks(Vec<i64>),
 }
 
-/// Changelog key of a pane.
-pub fn pane_state_key(pane: i64, key: &GroupKey) -> Vec<u8> {
-    let mut b = Vec::with_capacity(9 + key.value.len() + 8);
-    b.push(b'p');
+/// Changelog key of a delta: `d`, pane, delta id (both big-endian), group key.
+pub fn delta_state_key(pane: i64, id: i64, key: &GroupKey) -> Vec<u8> {
+    let mut b = Vec::with_capacity(17 + key.value.len() + 8);
+    b.push(b'd');
     b.extend_from_slice(&pane.to_be_bytes());
+    b.extend_from_slice(&id.to_be_bytes());
     key.encode(&mut b);
     b
 }
@@ -503,51 +512,97 @@ pub fn encode_marks(marks: &[i64]) -> Vec<u8> {
     marks.iter().flat_map(|m| m.to_le_bytes()).collect()
 }
 
-/// Applies one changelog record to a restoring [`MergeState`]; `false` if it is not one.
-pub fn restore_record(state: &mut MergeState, key: &[u8], value: Option<&[u8]>) -> bool {
-    if key == MARKS_STATE_KEY {
-        let Some(v) = value else { return true };
-        if v.len() % 8 != 0 {
-            return false;
-        }
-        for (i, c) in v.chunks_exact(8).enumerate() {
-            if let (Some(slot), Ok(b)) = (state.marks.get_mut(i), <[u8; 8]>::try_from(c)) {
-                *slot = (*slot).max(i64::from_le_bytes(b));
-            }
-        }
-        return true;
+fn decode_delta_key(key: &[u8]) -> Option<(i64, i64, GroupKey)> {
+    let (&tag, rest) = key.split_first()?;
+    if tag != b'd' {
+        return None;
     }
-    let Some((&b'p', rest)) = key.split_first() else {
-        return false;
-    };
-    let Some((pane, gk)) = rest.split_at_checked(8) else {
-        return false;
-    };
-    let Ok(pane) = <[u8; 8]>::try_from(pane).map(i64::from_be_bytes) else {
-        return false;
-    };
-    let Some(gk) = GroupKey::decode(gk) else {
-        return false;
-    };
-    match value {
-        None => {
-            if let Some(keys) = state.panes.get_mut(&pane) {
-                keys.remove(&gk);
-                if keys.is_empty() {
-                    state.panes.remove(&pane);
+    let (pane, rest) = rest.split_at_checked(8)?;
+    let (id, gk) = rest.split_at_checked(8)?;
+    Some((
+        i64::from_be_bytes(pane.try_into().ok()?),
+        i64::from_be_bytes(id.try_into().ok()?),
+        GroupKey::decode(gk)?,
+    ))
+}
+
+/// Rebuilds a fresh [`MergeState`] from its changelog records in log order (the latest value of
+/// each key wins; tombstones delete). Returns the number of records that could not be read.
+pub fn restore_from<K, V>(
+    state: &mut MergeState,
+    records: impl IntoIterator<Item = (K, Option<V>)>,
+) -> usize
+where
+    K: AsRef<[u8]>,
+    V: AsRef<[u8]>,
+{
+    let mut latest: HashMap<Vec<u8>, Option<V>> = HashMap::new();
+    for (k, v) in records {
+        latest.insert(k.as_ref().to_vec(), v);
+    }
+    let mut bad = 0;
+    for (k, v) in latest {
+        let Some(v) = v else { continue };
+        let v = v.as_ref();
+        if k == MARKS_STATE_KEY {
+            if v.len() % 8 != 0 {
+                bad += 1;
+                continue;
+            }
+            for (i, c) in v.chunks_exact(8).enumerate() {
+                if let (Some(slot), Ok(b)) = (state.marks.get_mut(i), <[u8; 8]>::try_from(c)) {
+                    *slot = (*slot).max(i64::from_le_bytes(b));
                 }
             }
-            true
+            continue;
         }
-        Some(v) => match decode_agg_bytes(v) {
-            Some(a) => {
-                state.panes.entry(pane).or_default().insert(gk, a);
-                true
+        match (decode_delta_key(&k), decode_agg_bytes(v)) {
+            (Some((pane, id, gk)), Some(agg)) => {
+                state
+                    .panes
+                    .entry(pane)
+                    .or_default()
+                    .entry(gk.clone())
+                    .or_default()
+                    .merge(&agg);
+                state.deltas.entry((pane, gk)).or_default().push(id);
             }
-            None => false,
-        },
+            _ => bad += 1,
+        }
     }
+    bad
 }
+
+/// Splits an aggregate whose user set is larger than `max_users` into several (the first with
+/// the counts, the others with users only), so no record gets too big; merging them gives it
+/// back.
+pub fn split_users(agg: Agg, max_users: usize) -> Vec<Agg> {
+    if agg.users.len() <= max_users.max(1) {
+        return vec![agg];
+    }
+    let mut users: Vec<i64> = agg.users.iter().copied().collect();
+    users.sort_unstable();
+    let mut out = Vec::new();
+    let mut first = Agg {
+        users: HashSet::new(),
+        ..agg
+    };
+    let mut chunks = users.chunks(max_users.max(1));
+    if let Some(c) = chunks.next() {
+        first.users.extend(c.iter().copied());
+    }
+    out.push(first);
+    for c in chunks {
+        out.push(Agg {
+            users: c.iter().copied().collect(),
+            ..Agg::default()
+        });
+    }
+    out
+}
+
+/// Most user ids in one partial or changelog record (8 bytes each: well under Kafka's 1 MB).
+pub const MAX_USERS_PER_RECORD: usize = 50_000;
 
 /// Stage 2 state of one repartition partition: panes per group and the upstream watermarks.
 #[derive(Debug)]
@@ -556,10 +611,12 @@ pub struct MergeState {
     /// Latest watermark marker of each input partition.
     marks: Vec<i64>,
     panes: BTreeMap<i64, HashMap<GroupKey, Agg>>,
+    /// Ids of the changelog deltas merged into each pane.
+    deltas: HashMap<(i64, GroupKey), Vec<i64>>,
     /// Windows starting before this are final and emitted.
     next_open: i64,
-    dirty: HashSet<(i64, GroupKey)>,
-    dropped: Vec<(i64, GroupKey)>,
+    new_deltas: Vec<(i64, GroupKey, i64, Agg)>,
+    dropped: Vec<(i64, GroupKey, i64)>,
     marks_dirty: bool,
     /// Panes changed since the last early update.
     early: HashSet<(i64, GroupKey)>,
@@ -573,8 +630,9 @@ impl MergeState {
             cfg,
             marks: vec![i64::MIN; upstream_partitions.max(1)],
             panes: BTreeMap::new(),
+            deltas: HashMap::new(),
             next_open: i64::MIN,
-            dirty: HashSet::new(),
+            new_deltas: Vec::new(),
             dropped: Vec::new(),
             marks_dirty: false,
             early: HashSet::new(),
@@ -586,11 +644,14 @@ impl MergeState {
     /// emitted before the crash (the changelog and the outputs commit together).
     pub fn restored(&mut self) {
         let wm = self.watermark();
+        self.new_deltas.clear();
+        self.dropped.clear();
         if wm != i64::MIN {
             self.next_open = self.cfg.last_final_start(wm) + self.cfg.spec.slide_ms;
+            // Deltas of panes no open window needs (a crash between writing a delta and its
+            // tombstone cannot happen within one transaction, but be safe): drop them again.
+            self.drop_panes_before(self.cfg.spec.pane_of(self.next_open));
         }
-        self.dirty.clear();
-        self.dropped.clear();
         self.marks_dirty = false;
     }
 
@@ -644,7 +705,9 @@ impl MergeState {
         }
     }
 
-    pub fn apply_partial(&mut self, key: GroupKey, pane: i64, agg: &Agg) {
+    /// Merges a partial; `id` names it in the changelog (unique per repartition partition: its
+    /// offset there).
+    pub fn apply_partial(&mut self, key: GroupKey, pane: i64, agg: Agg, id: i64) {
         if self.next_open != i64::MIN && pane * self.cfg.spec.slide_ms < self.next_open {
             self.stale += 1;
             return;
@@ -654,9 +717,23 @@ impl MergeState {
             .or_default()
             .entry(key.clone())
             .or_default()
-            .merge(agg);
+            .merge(&agg);
         self.early.insert((pane, key.clone()));
-        self.dirty.insert((pane, key));
+        self.deltas.entry((pane, key.clone())).or_default().push(id);
+        self.new_deltas.push((pane, key, id, agg));
+    }
+
+    fn drop_panes_before(&mut self, keep_from: i64) {
+        let kept = self.panes.split_off(&keep_from);
+        let gone = std::mem::replace(&mut self.panes, kept);
+        for (pane, keys) in gone {
+            for (k, _) in keys {
+                self.early.remove(&(pane, k.clone()));
+                for id in self.deltas.remove(&(pane, k.clone())).unwrap_or_default() {
+                    self.dropped.push((pane, k.clone(), id));
+                }
+            }
+        }
     }
 
     /// Emits the windows that became final, oldest first, and forgets the panes no open window
@@ -705,16 +782,7 @@ impl MergeState {
             }
         }
         self.next_open = self.next_open.max(last_final + spec.slide_ms);
-        let keep_from = spec.pane_of(self.next_open);
-        let kept = self.panes.split_off(&keep_from);
-        let gone = std::mem::replace(&mut self.panes, kept);
-        for (pane, keys) in gone {
-            for (k, _) in keys {
-                self.dirty.remove(&(pane, k.clone()));
-                self.early.remove(&(pane, k.clone()));
-                self.dropped.push((pane, k));
-            }
-        }
+        self.drop_panes_before(spec.pane_of(self.next_open));
         out
     }
 
@@ -749,18 +817,25 @@ impl MergeState {
     }
 
     /// State changes since the last call, for the changelog.
+    /// New deltas first, then tombstones (a delta written and dropped in the same batch ends
+    /// deleted).
     pub fn changes(&mut self) -> Vec<StateChange> {
-        let mut out = Vec::with_capacity(self.dirty.len() + self.dropped.len() + 1);
-        for (pane, key) in self.dropped.drain(..) {
-            out.push(StateChange::Pane {
+        let mut out = Vec::with_capacity(self.new_deltas.len() + self.dropped.len() + 1);
+        for (pane, key, id, agg) in self.new_deltas.drain(..) {
+            out.push(StateChange::Delta {
                 pane,
                 key,
-                agg: None,
+                id,
+                agg: Some(agg),
             });
         }
-        for (pane, key) in self.dirty.drain() {
-            let agg = self.panes.get(&pane).and_then(|k| k.get(&key)).cloned();
-            out.push(StateChange::Pane { pane, key, agg });
+        for (pane, key, id) in self.dropped.drain(..) {
+            out.push(StateChange::Delta {
+                pane,
+                key,
+                id,
+                agg: None,
+            });
         }
         if std::mem::take(&mut self.marks_dirty) {
             out.push(StateChange::Marks(self.marks.clone()));
@@ -809,6 +884,9 @@ mod tests {
         }
     }
 
+    /// A changelog record: key, value (`None`: tombstone).
+    type LogRecord = (Vec<u8>, Option<Vec<u8>>);
+
     fn cfg(size: i64, slide: i64, grace: i64, ooo: i64) -> WinConfig {
         WinConfig {
             spec: WindowSpec::hopping(size, slide).unwrap(),
@@ -843,6 +921,23 @@ mod tests {
             watermark: 5,
         };
         assert_eq!(PartitionMark::decode(&pm.encode()), Some(pm));
+    }
+
+    #[test]
+    fn big_user_sets_are_split_and_merge_back() {
+        let mut a = Agg::default();
+        for u in 0..10 {
+            add_event(&mut a, &ev(1, u, 1, EventType::Purchase));
+        }
+        let parts = split_users(a.clone(), 3);
+        assert_eq!(parts.len(), 4);
+        assert!(parts.iter().all(|p| p.users.len() <= 3));
+        let mut back = Agg::default();
+        for p in &parts {
+            back.merge(p);
+        }
+        assert_eq!(back, a);
+        assert_eq!(split_users(a.clone(), 10), vec![a]);
     }
 
     #[test]
@@ -888,7 +983,7 @@ mod tests {
         };
         let mut a = Agg::default();
         add_event(&mut a, &ev(10, 1, 1, EventType::View));
-        m.apply_partial(k.clone(), 0, &a);
+        m.apply_partial(k.clone(), 0, a.clone(), 7);
         m.apply_marker(0, 500);
         assert!(m.close().is_empty(), "partition 1 has not reported");
         m.apply_marker(1, 61);
@@ -896,14 +991,35 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!((out[0].window_start, out[0].agg.views), (0, 1));
         let ch = m.changes();
-        assert!(ch.contains(&StateChange::Pane {
-            pane: 0,
-            key: k.clone(),
-            agg: None
-        }));
+        // The delta is written, then deleted with its pane.
+        let put = ch
+            .iter()
+            .position(|c| {
+                matches!(
+                    c,
+                    StateChange::Delta {
+                        id: 7,
+                        agg: Some(_),
+                        ..
+                    }
+                )
+            })
+            .unwrap();
+        let del = ch
+            .iter()
+            .position(|c| {
+                *c == StateChange::Delta {
+                    pane: 0,
+                    key: k.clone(),
+                    id: 7,
+                    agg: None,
+                }
+            })
+            .unwrap();
+        assert!(put < del);
         assert!(ch.contains(&StateChange::Marks(vec![500, 61])));
         // A partial for a final window is counted as stale, not merged.
-        m.apply_partial(k, 0, &a);
+        m.apply_partial(k, 0, a, 8);
         assert_eq!((m.stale, m.open_panes()), (1, 0));
     }
 
@@ -922,7 +1038,9 @@ mod tests {
             pre.assign(p as i32, None);
         }
         let mut merges: Vec<MergeState> = (0..r).map(|_| MergeState::new(c, inputs)).collect();
-        let mut changelogs: Vec<BTreeMap<Vec<u8>, Option<Vec<u8>>>> = vec![BTreeMap::new(); r];
+        // Each changelog partition as a log (tombstones included, never compacted here).
+        let mut changelogs: Vec<Vec<LogRecord>> = vec![Vec::new(); r];
+        let mut next_id = vec![0i64; r];
         let mut finals = BTreeMap::new();
         let mut late = Vec::new();
         let hash = |k: &GroupKey| {
@@ -941,7 +1059,9 @@ mod tests {
                 let Some(Repartitioned::Partial { pane, agg }) = Repartitioned::decode(&enc) else {
                     panic!("decodes")
                 };
-                merges[hash(&k)].apply_partial(k, pane, &agg);
+                let h = hash(&k);
+                next_id[h] += 1;
+                merges[h].apply_partial(k, pane, agg, next_id[h]);
             }
             for (p, mk, _) in d.marks {
                 for m in merges.iter_mut() {
@@ -954,26 +1074,24 @@ mod tests {
                 }
                 for ch in m.changes() {
                     match ch {
-                        StateChange::Pane { pane, key, agg } => {
-                            changelogs[i].insert(
-                                pane_state_key(pane, &key),
+                        StateChange::Delta { pane, key, id, agg } => {
+                            changelogs[i].push((
+                                delta_state_key(pane, id, &key),
                                 agg.map(|a| {
                                     let mut b = Vec::new();
                                     encode_agg(&a, &mut b);
                                     b
                                 }),
-                            );
+                            ));
                         }
                         StateChange::Marks(v) => {
-                            changelogs[i].insert(MARKS_STATE_KEY.to_vec(), Some(encode_marks(&v)));
+                            changelogs[i].push((MARKS_STATE_KEY.to_vec(), Some(encode_marks(&v))));
                         }
                     }
                 }
                 // Crash and restore from the changelog.
                 let mut fresh = MergeState::new(c, inputs);
-                for (k, v) in &changelogs[i] {
-                    assert!(restore_record(&mut fresh, k, v.as_deref()));
-                }
+                assert_eq!(restore_from(&mut fresh, changelogs[i].iter().cloned()), 0);
                 fresh.restored();
                 *m = fresh;
             }

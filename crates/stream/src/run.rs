@@ -621,14 +621,16 @@ pub async fn run<P: Processor>(
                     .observe(started.elapsed().as_secs_f64());
             }
             Err(BatchError::Fatal(e)) => {
-                abort(&producer, eos);
+                if let Err(a) = abort(&producer, eos) {
+                    tracing::warn!(error = %format!("{a:#}"), "abort after a fatal error failed");
+                }
                 return Err(e);
             }
             Err(BatchError::Retry(e)) => {
                 m.transactions.with_label_values(&[stage, "aborted"]).inc();
                 m.retries.with_label_values(&[stage]).inc();
                 tracing::warn!(error = %format!("{e:#}"), backoff_ms = backoff.as_millis() as u64, "batch failed, rolling back and retrying");
-                abort(&producer, eos);
+                abort(&producer, eos).context("aborting the failed batch's transaction")?;
                 processor.rollback();
                 if !batch.is_empty() {
                     rewind(&consumer, &batch).context("seeking back after a failed batch")?;
@@ -659,10 +661,41 @@ enum BatchError {
     Fatal(anyhow::Error),
 }
 
-fn abort(producer: &BaseProducer<ProducerCtx>, eos: bool) {
-    if eos {
-        if let Err(e) = tokio::task::block_in_place(|| producer.abort_transaction(TXN_TIMEOUT)) {
-            tracing::warn!(error = %e, "abort_transaction failed");
+/// Aborts the open transaction, if any. The messages it purges produce delivery reports that
+/// must be served while the abort waits for them (a `BaseProducer` has no thread doing it), so
+/// the abort runs in short slices with the producer polled in between. Fails only when the
+/// transaction cannot be aborted (fenced, fatal, or not within the transaction timeout): the
+/// caller then exits, and a restart resumes from the committed offsets.
+fn abort(producer: &BaseProducer<ProducerCtx>, eos: bool) -> anyhow::Result<()> {
+    if !eos {
+        return Ok(());
+    }
+    let deadline = Instant::now() + TXN_TIMEOUT;
+    loop {
+        producer.poll(Duration::ZERO);
+        let r = tokio::task::block_in_place(|| {
+            let r = producer.abort_transaction(Duration::from_millis(500));
+            if r.is_err() {
+                // Serve the delivery reports of purged messages before resuming the abort.
+                for _ in 0..20 {
+                    producer.poll(Duration::from_millis(10));
+                }
+            }
+            r
+        });
+        match r {
+            Ok(()) => return Ok(()),
+            // No transaction was open (the batch failed before it began one).
+            Err(KafkaError::Transaction(e)) if e.code() == RDKafkaErrorCode::State => return Ok(()),
+            Err(KafkaError::Transaction(e)) if e.is_fatal() => {
+                anyhow::bail!("abort_transaction: {e}")
+            }
+            Err(e) => {
+                if Instant::now() > deadline {
+                    anyhow::bail!("abort_transaction did not complete within {TXN_TIMEOUT:?}: {e}");
+                }
+                tracing::debug!(error = %e, "abort_transaction not complete yet, resuming");
+            }
         }
     }
 }

@@ -32,7 +32,7 @@ use cartstream_kafka::admin::{self, TopicSpec};
 use cartstream_kafka::{read, KafkaArgs, Topic};
 use cartstream_processors::kpi_metrics::KpiMetrics;
 use cartstream_processors::win_stage::{
-    self, encode_marks, pane_state_key, GroupKey, MergeState, PartitionMark, PreStage,
+    self, delta_state_key, encode_marks, GroupKey, MergeState, PartitionMark, PreStage,
     Repartitioned, StateChange, WinConfig, WindowResult,
 };
 use cartstream_processors::window::WindowSpec;
@@ -152,6 +152,9 @@ fn lag_seconds(wm: i64) -> f64 {
         (now_ms() - wm) as f64 / 1000.0
     }
 }
+
+/// A changelog record: key and value (`None`: tombstone).
+type Record<'a> = (&'a [u8], Option<&'a [u8]>);
 
 /// Reads partitions of a compacted changelog to the end.
 async fn read_changelog(
@@ -447,14 +450,18 @@ impl Merge {
             .iter()
             .map(|p| (*p, MergeState::new(self.cfg, self.upstream)))
             .collect();
-        let mut bad = 0usize;
+        let mut per_partition: HashMap<i32, Vec<Record<'_>>> = HashMap::new();
         for m in &records {
-            let (Some(key), Some(state)) = (m.key(), fresh.get_mut(&m.partition())) else {
-                continue;
-            };
-            if !win_stage::restore_record(state, key, m.payload()) {
-                bad += 1;
+            if let Some(key) = m.key() {
+                per_partition
+                    .entry(m.partition())
+                    .or_default()
+                    .push((key, m.payload()));
             }
+        }
+        let mut bad = 0usize;
+        for (p, state) in fresh.iter_mut() {
+            bad += win_stage::restore_from(state, per_partition.remove(p).unwrap_or_default());
         }
         anyhow::ensure!(
             bad == 0,
@@ -559,7 +566,7 @@ impl Processor for Merge {
             }) => state.apply_marker(partition, watermark),
             Some(Repartitioned::Partial { pane, agg }) => {
                 match input.key.and_then(GroupKey::decode) {
-                    Some(k) => state.apply_partial(k, pane, &agg),
+                    Some(k) => state.apply_partial(k, pane, agg, input.offset),
                     None => out.dead_letter(
                         input,
                         STAGE,
@@ -614,8 +621,8 @@ impl Processor for Merge {
         for (p, ch) in changes {
             for c in ch {
                 match c {
-                    StateChange::Pane { pane, key, agg } => {
-                        let k = pane_state_key(pane, &key);
+                    StateChange::Delta { pane, key, id, agg } => {
+                        let k = delta_state_key(pane, id, &key);
                         match agg {
                             Some(a) => {
                                 let mut v = Vec::with_capacity(64 + a.users.len() * 8);
