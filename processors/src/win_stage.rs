@@ -924,6 +924,40 @@ mod tests {
     }
 
     #[test]
+    fn early_updates_cover_the_open_windows_of_changed_panes_only() {
+        // Hopping 30 every 10, grace 0, two input partitions.
+        let c = cfg(30, 10, 0, 0);
+        let mut m = MergeState::new(c, 2);
+        let k = GroupKey {
+            dimension: Dimension::Product,
+            value: "1".into(),
+            currency: "USD".into(),
+        };
+        let mut a = Agg::default();
+        add_event(&mut a, &ev(25, 1, 1, EventType::View));
+        m.apply_partial(k.clone(), 2, a.clone(), 1);
+        let early = m.early_updates();
+        // Pane 2 ([20,30)) is in the windows starting at 0, 10 and 20.
+        let starts: Vec<i64> = early.iter().map(|w| w.window_start).collect();
+        assert_eq!(starts, vec![0, 10, 20]);
+        assert!(early.iter().all(|w| !w.is_final && w.agg.views == 1));
+        assert!(m.early_updates().is_empty(), "nothing changed since");
+        // Window [0,30) closes; a new event in pane 2 updates only the open windows.
+        m.apply_marker(0, 30);
+        m.apply_marker(1, 30);
+        let finals = m.close();
+        assert_eq!(finals.len(), 1);
+        assert!(finals[0].is_final && finals[0].window_start == 0);
+        m.apply_partial(k, 2, a, 2);
+        let starts: Vec<(i64, i64)> = m
+            .early_updates()
+            .iter()
+            .map(|w| (w.window_start, w.agg.views))
+            .collect();
+        assert_eq!(starts, vec![(10, 2), (20, 2)]);
+    }
+
+    #[test]
     fn big_user_sets_are_split_and_merge_back() {
         let mut a = Agg::default();
         for u in 0..10 {
