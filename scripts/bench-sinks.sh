@@ -18,7 +18,8 @@ bin=./target/release
 export RUST_LOG=warn
 IN_FLIGHT=${MAX_IN_FLIGHT:-256}
 
-cargo build --release --quiet -p cartstream-sinks -p cartstream-processors -p cartstream-producer -p cartstream-admin --bins
+cargo build --release --quiet --bin cartstream-scylla-sink --bin cartstream-lake-sink --bin cartstream-cleaner \
+  --bin cartstream-enricher --bin cartstream-passthrough --bin cartstream-producer --bin cartstream-admin
 bash scripts/stack.sh up >/dev/null
 
 metric() { # port name [label-filter] -> value summed over label sets (0 while not up)

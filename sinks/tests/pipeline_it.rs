@@ -33,11 +33,12 @@ fn sibling(name: &str) -> PathBuf {
         let status = Command::new(cargo)
             .args([
                 "build",
-                "-p",
-                "cartstream-processors",
-                "-p",
+                "--bin",
                 "cartstream-producer",
-                "--bins",
+                "--bin",
+                "cartstream-cleaner",
+                "--bin",
+                "cartstream-enricher",
             ])
             .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
             .status()
