@@ -7,17 +7,21 @@
 # benchmarks) is printed next to each figure: on a shared 2-core box, compare within one run only.
 #
 #   bash scripts/bench-sessionizer.sh [EVENTS] [SESSIONS]   (defaults 1000000 and 100000; needs `make up`)
+#   BENCH_PREFIX=bench-sess-123. bash scripts/bench-sessionizer.sh   (again on the data of an earlier run)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 N=${1:-1000000}
 SESSIONS=${2:-100000}
-PREFIX=bench-sess-$(date +%s).
+PREFIX=${BENCH_PREFIX:-bench-sess-$(date +%s).}
 bin=./target/release
 export RUST_LOG=warn
 
-cargo build --release --quiet -p cartstream-processors -p cartstream-producer -p cartstream-admin --bins
+cargo build --release --quiet -p cartstream-processors -p cartstream-producer -p cartstream-admin \
+  --bin cartstream-cleaner --bin cartstream-enricher --bin cartstream-passthrough --bin cartstream-sessionizer \
+  --bin cartstream-producer --bin cartstream-admin
 bash scripts/stack.sh up >/dev/null
 
+if [[ -z ${BENCH_PREFIX:-} ]]; then
 echo "data: $N simulated events, $SESSIONS concurrent sessions, namespace $PREFIX"
 $bin/cartstream-admin --topic-prefix "$PREFIX" bootstrap --partitions 6 >/dev/null
 # Simulated clock: 1000 events per simulated second, pauses inside a session well below the
@@ -25,6 +29,7 @@ $bin/cartstream-admin --topic-prefix "$PREFIX" bootstrap --partitions 6 >/dev/nu
 $bin/cartstream-producer --topic-prefix "$PREFIX" --count "$N" --rate 0 --metrics-addr off --progress off \
   --start-time 2026-11-01T00:00:00Z --speed 1 --sessions "$SESSIONS" --session-gap-secs 300 \
   --products 5000 --users 200000 >/dev/null
+fi
 
 metric() { # port name -> value summed over label sets (0 while the service is not up yet)
   { curl -fsS "http://127.0.0.1:$1/metrics" 2>/dev/null || true; } | awk -v n="$2" '$1 ~ "^"n"({|$)" {s += $2} END {print s + 0}'
@@ -78,10 +83,12 @@ run() {
 }
 
 # The enriched topic first (cleaner and enricher, not measured here).
+if [[ -z ${BENCH_PREFIX:-} ]]; then
 raw=$($bin/cartstream-admin --topic-prefix "$PREFIX" inspect --topic purchases.raw | awk 'NR == 1 {print $2}')
 run cleaner "$raw" -- $bin/cartstream-cleaner >/dev/null
 clean=$($bin/cartstream-admin --topic-prefix "$PREFIX" inspect --topic purchases.clean | awk 'NR == 1 {print $2}')
 run enricher "$clean" -- $bin/cartstream-enricher >/dev/null
+fi
 enriched=$($bin/cartstream-admin --topic-prefix "$PREFIX" inspect --topic purchases.enriched | awk 'NR == 1 {print $2}')
 unset 'RATE[cleaner]' 'RATE[enricher]'
 echo "input: $enriched enriched events; 2 cores shared with whatever else runs (load = 1-min load average before->after)"
