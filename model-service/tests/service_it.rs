@@ -216,6 +216,7 @@ async fn demand_shift_triggers_retrain_promotion_and_recovery() {
         Duration::from_secs(90),
         |m| {
             get(m, closed) >= (SHIFT_AT - START - 1) as f64
+                && get(m, "cartstream_model_caught_up") == 1.0
                 && get(m, "cartstream_model_champion_version") >= 1.0
                 && get(m, "cartstream_model_live_window_periods") >= 24.0
         },
