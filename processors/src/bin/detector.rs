@@ -6,9 +6,8 @@
 //!   final tumbling product and category windows of `--trend-window` are forwarded, in the same
 //!   transaction, to the internal topic `<group>.by-subject` keyed by `<dimension>/<value>`.
 //! - `<group>.by-subject`: the currencies of a window are summed, and the window is judged once
-//!   the partition's clock (newest window start seen) is `--trend-lag-windows` past it: its
-//!   purchases against the subject's own last `--trend-history` windows. Idle partitions adopt the
-//!   clock of the others like the by-user partitions below.
+//!   the partition's clock is `--trend-lag-windows` past it: its purchases against the subject's
+//!   own last `--trend-history` windows.
 //! - `purchases.enriched` (keyed by `user_session`): each purchase is compared with its catalog
 //!   price (`--price-tolerance`, events in `--catalog-currency` only: the enriched event does not
 //!   carry the catalog's currency), and forwarded, in the same transaction, to the internal
@@ -16,10 +15,17 @@
 //!   on one partition whatever their session.
 //! - `<group>.by-user`: purchases per user in event-time tumbling windows of `--user-window`;
 //!   more than `--user-max-purchases` in one window raises an alert once the window is final
-//!   (watermark per partition past its end + `--user-grace`; after `--idle-timeout` without
-//!   records a partition adopts the lowest watermark of the instance's active ones, the highest of
-//!   all when every one is idle). A purchase later than that is
-//!   dead-lettered as `late_event`.
+//!   (watermark past its end + `--user-grace`). A purchase later than that is dead-lettered as
+//!   `late_event`.
+//!
+//! **Watermarks of the repartition topics.** Forwarded records interleave in whatever order this
+//! process consumed its input partitions, so the newest record seen is no watermark. After every
+//! batch each owned input partition's watermark (enriched: highest event time; `kpi.windows`:
+//! newest final window start) is broadcast as a marker to every partition of the repartition
+//! topic, behind the records forwarded from it; a repartition partition's watermark (clock) is the
+//! lowest mark over all input partitions (`detect::SourceMarks`). An input partition without
+//! records for `--idle-timeout` adopts the lowest watermark of this instance's active ones (the
+//! highest of all when every one is idle), so a silent partition does not hold everything back.
 //!
 //! Alerts go to `alerts.raised` (key: the subject id) with deterministic ids (type, subject,
 //! window), so a replay raises the same ids.
@@ -27,7 +33,7 @@
 //! **State.** Trend baselines, windows waiting to be judged, and the open per-user windows (with
 //! the clocks and watermarks) are written to
 //! the changelog `<group>.changelog` in the transaction of the batch that changed them
-//! (partition = the input partition, compacted, tombstones when a user window closes) and rebuilt
+//! (partition = the repartition partition, compacted, tombstones when a window closes) and rebuilt
 //! from it on assignment and after an aborted batch. A restart therefore resumes with the same
 //! baselines; nothing is re-read from `kpi.windows`.
 
@@ -94,8 +100,9 @@ struct Cli {
     /// How late a purchase may reach the per-user windows.
     #[arg(long, env = "USER_GRACE", default_value = "2m", value_parser = parse_duration_ms)]
     user_grace: i64,
-    /// Wall time without records after which a by-user partition adopts the lowest watermark of
-    /// the instance's active ones (the highest of all when every one is idle).
+    /// Wall time without records after which an input partition (enriched, kpi.windows) adopts
+    /// the lowest watermark of the instance's active ones (the highest of all when every one is
+    /// idle) for the markers it sends to the repartition topics.
     #[arg(long, env = "IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration_ms)]
     idle_timeout: i64,
     /// Largest normal relative distance between a purchase's price and the catalog price.
