@@ -78,9 +78,9 @@ fn steady_minutes() -> u64 {
 
 async fn simulate(prefix: String, truth: std::path::PathBuf) {
     let truth = truth.to_string_lossy().to_string();
-    // About 634 events per simulated minute; the run ends 9 minutes after the trend starts.
+    // About 660 events per simulated minute; the run ends some 9 minutes after the trend starts.
     let steady = steady_minutes();
-    let count = ((steady + 9) * 634).to_string();
+    let count = ((steady + 9) * 700).to_string();
     let trend_at = format!("+{steady}m");
     let cli = Cli::try_parse_from([
         "cartstream-producer",
