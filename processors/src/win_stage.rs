@@ -187,7 +187,7 @@ fn decode_agg(r: &mut Reader<'_>) -> Option<Agg> {
         users: HashSet::new(),
     };
     let n = r.u32()? as usize;
-    if r.0.len() != n * 8 {
+    if r.0.len() < n * 8 {
         return None;
     }
     a.users.reserve(n);
@@ -198,14 +198,18 @@ fn decode_agg(r: &mut Reader<'_>) -> Option<Agg> {
 }
 
 pub fn decode_agg_bytes(b: &[u8]) -> Option<Agg> {
-    decode_agg(&mut Reader(b))
+    let mut r = Reader(b);
+    let a = decode_agg(&mut r)?;
+    r.0.is_empty().then_some(a)
 }
 
 /// A record of the repartition topic.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Repartitioned {
-    /// Partial aggregate of one group over one pane (the record key is the group key).
-    Partial { pane: i64, agg: Agg },
+    /// Partial aggregates (group key, pane, aggregate) of groups routed to this repartition
+    /// partition ([`route`]), from one batch of one stage-1 instance. Bundled so the topic carries
+    /// a few large records per batch instead of one per group.
+    Bundle(Vec<(GroupKey, i64, Agg)>),
     /// Input partition `partition` has watermark `watermark`: no partial for a window final
     /// under it will follow from that partition. `idle`: the watermark was adopted because the
     /// partition had no records (other instances do not count it as active).
@@ -216,17 +220,74 @@ pub enum Repartitioned {
     },
 }
 
-const TAG_PARTIAL: u8 = b'P';
+const TAG_BUNDLE: u8 = b'B';
 const TAG_MARKER: u8 = b'W';
+
+/// The repartition partition of a group (FNV-1a of its key bytes).
+pub fn route(key: &GroupKey, partitions: i32) -> i32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |b: u8| {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    };
+    feed(dim_code(key.dimension));
+    key.currency.bytes().for_each(&mut feed);
+    feed(0xff);
+    key.value.bytes().for_each(&mut feed);
+    (h % partitions.max(1) as u64) as i32
+}
+
+fn encode_entry(buf: &mut Vec<u8>, key: &GroupKey, pane: i64, agg: &Agg) {
+    let start = buf.len();
+    buf.extend_from_slice(&[0, 0]);
+    key.encode(buf);
+    let len = (buf.len() - start - 2).min(usize::from(u16::MAX)) as u16;
+    buf[start..start + 2].copy_from_slice(&len.to_le_bytes());
+    buf.extend_from_slice(&pane.to_le_bytes());
+    encode_agg(agg, buf);
+}
+
+/// Encodes partials into bundles per repartition partition, each at most about `max_bytes`
+/// (a single partial may exceed it; [`split_users`] bounds those).
+pub fn bundles(
+    partials: Vec<(GroupKey, i64, Agg)>,
+    partitions: i32,
+    max_bytes: usize,
+) -> Vec<(i32, Vec<u8>)> {
+    let mut open: HashMap<i32, (Vec<u8>, u32)> = HashMap::new();
+    let mut out = Vec::new();
+    let finish = |(mut b, n): (Vec<u8>, u32)| {
+        b[1..5].copy_from_slice(&n.to_le_bytes());
+        b
+    };
+    for (k, pane, agg) in partials {
+        let r = route(&k, partitions);
+        let slot = open
+            .entry(r)
+            .or_insert_with(|| (vec![TAG_BUNDLE, 0, 0, 0, 0], 0));
+        encode_entry(&mut slot.0, &k, pane, &agg);
+        slot.1 += 1;
+        if slot.0.len() >= max_bytes {
+            if let Some(full) = open.remove(&r) {
+                out.push((r, finish(full)));
+            }
+        }
+    }
+    let mut rest: Vec<_> = open.into_iter().collect();
+    rest.sort_unstable_by_key(|(r, _)| *r);
+    out.extend(rest.into_iter().map(|(r, b)| (r, finish(b))));
+    out
+}
 
 impl Repartitioned {
     pub fn encode(&self) -> Vec<u8> {
         match self {
-            Repartitioned::Partial { pane, agg } => {
-                let mut b = Vec::with_capacity(1 + 8 + 60 + 8 * agg.users.len());
-                b.push(TAG_PARTIAL);
-                b.extend_from_slice(&pane.to_le_bytes());
-                encode_agg(agg, &mut b);
+            Repartitioned::Bundle(entries) => {
+                let mut b = vec![TAG_BUNDLE];
+                b.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+                for (k, pane, agg) in entries {
+                    encode_entry(&mut b, k, *pane, agg);
+                }
                 b
             }
             Repartitioned::Marker {
@@ -247,10 +308,20 @@ impl Repartitioned {
     pub fn decode(b: &[u8]) -> Option<Repartitioned> {
         let mut r = Reader(b);
         match r.u8()? {
-            TAG_PARTIAL => {
-                let pane = r.i64()?;
-                let agg = decode_agg(&mut r)?;
-                Some(Repartitioned::Partial { pane, agg })
+            TAG_BUNDLE => {
+                let n = r.u32()? as usize;
+                let mut entries = Vec::with_capacity(n.min(1 << 16));
+                for _ in 0..n {
+                    let (len, rest) = r.0.split_at_checked(2)?;
+                    let len = usize::from(u16::from_le_bytes(len.try_into().ok()?));
+                    let (key, rest) = rest.split_at_checked(len)?;
+                    let key = GroupKey::decode(key)?;
+                    r.0 = rest;
+                    let pane = r.i64()?;
+                    let agg = decode_agg(&mut r)?;
+                    entries.push((key, pane, agg));
+                }
+                r.0.is_empty().then_some(Repartitioned::Bundle(entries))
             }
             TAG_MARKER => {
                 let partition = i32::try_from(r.u32()?).ok()?;
@@ -477,100 +548,50 @@ pub struct WindowResult {
     pub is_final: bool,
 }
 
-/// A change to write to stage 2's changelog.
-///
-/// The changelog holds the partials themselves (deltas), not whole pane states: a pane of a
-/// busy group (`all`) can hold hundreds of thousands of users, too big for one record and too
-/// costly to rewrite every batch. A delta is written once and deleted (tombstone) when its pane
-/// is dropped; restoring merges the live deltas.
-#[derive(Debug, Clone, PartialEq)]
-pub enum StateChange {
-    /// A partial merged into a pane (`agg`), or its tombstone (`None`).
-    Delta {
-        pane: i64,
-        key: GroupKey,
-        id: i64,
-        agg: Option<Agg>,
-    },
-    Marks(Vec<i64>),
+/// Stage 2's changelog record of one repartition partition, written in every transaction that
+/// moved it: the state is rebuilt by replaying the repartition partition itself from
+/// `replay_from` (the first record of the oldest pane still open) to `next_offset` (the first
+/// record not processed), starting from these upstream watermarks. The repartition topic is the
+/// log of the state's changes already; writing them again would double the traffic, and a busy
+/// pane's user set (hundreds of thousands of ids) does not fit one record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub replay_from: i64,
+    pub next_offset: i64,
+    pub marks: Vec<i64>,
 }
 
-/// Changelog key of a delta: `d`, pane, delta id (both big-endian), group key.
-pub fn delta_state_key(pane: i64, id: i64, key: &GroupKey) -> Vec<u8> {
-    let mut b = Vec::with_capacity(17 + key.value.len() + 8);
-    b.push(b'd');
-    b.extend_from_slice(&pane.to_be_bytes());
-    b.extend_from_slice(&id.to_be_bytes());
-    key.encode(&mut b);
-    b
-}
+/// Changelog key of a [`Checkpoint`] (one per repartition partition).
+pub const CHECKPOINT_KEY: &[u8] = b"c";
 
-/// Changelog key of the upstream watermarks.
-pub const MARKS_STATE_KEY: &[u8] = b"w";
-
-pub fn encode_marks(marks: &[i64]) -> Vec<u8> {
-    marks.iter().flat_map(|m| m.to_le_bytes()).collect()
-}
-
-fn decode_delta_key(key: &[u8]) -> Option<(i64, i64, GroupKey)> {
-    let (&tag, rest) = key.split_first()?;
-    if tag != b'd' {
-        return None;
-    }
-    let (pane, rest) = rest.split_at_checked(8)?;
-    let (id, gk) = rest.split_at_checked(8)?;
-    Some((
-        i64::from_be_bytes(pane.try_into().ok()?),
-        i64::from_be_bytes(id.try_into().ok()?),
-        GroupKey::decode(gk)?,
-    ))
-}
-
-/// Rebuilds a fresh [`MergeState`] from its changelog records in log order (the latest value of
-/// each key wins; tombstones delete). Returns the number of records that could not be read.
-pub fn restore_from<K, V>(
-    state: &mut MergeState,
-    records: impl IntoIterator<Item = (K, Option<V>)>,
-) -> usize
-where
-    K: AsRef<[u8]>,
-    V: AsRef<[u8]>,
-{
-    let mut latest: HashMap<Vec<u8>, Option<V>> = HashMap::new();
-    for (k, v) in records {
-        latest.insert(k.as_ref().to_vec(), v);
-    }
-    let mut bad = 0;
-    for (k, v) in latest {
-        let Some(v) = v else { continue };
-        let v = v.as_ref();
-        if k == MARKS_STATE_KEY {
-            if v.len() % 8 != 0 {
-                bad += 1;
-                continue;
-            }
-            for (i, c) in v.chunks_exact(8).enumerate() {
-                if let (Some(slot), Ok(b)) = (state.marks.get_mut(i), <[u8; 8]>::try_from(c)) {
-                    *slot = (*slot).max(i64::from_le_bytes(b));
-                }
-            }
-            continue;
+impl Checkpoint {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(16 + 8 * self.marks.len());
+        b.extend_from_slice(&self.replay_from.to_le_bytes());
+        b.extend_from_slice(&self.next_offset.to_le_bytes());
+        for m in &self.marks {
+            b.extend_from_slice(&m.to_le_bytes());
         }
-        match (decode_delta_key(&k), decode_agg_bytes(v)) {
-            (Some((pane, id, gk)), Some(agg)) => {
-                state
-                    .panes
-                    .entry(pane)
-                    .or_default()
-                    .entry(gk.clone())
-                    .or_default()
-                    .merge(&agg);
-                state.deltas.entry((pane, gk)).or_default().push(id);
-            }
-            _ => bad += 1,
-        }
+        b
     }
-    bad
+
+    pub fn decode(b: &[u8]) -> Option<Checkpoint> {
+        if b.len() < 16 || !b.len().is_multiple_of(8) {
+            return None;
+        }
+        let mut r = Reader(b);
+        let replay_from = r.i64()?;
+        let next_offset = r.i64()?;
+        let mut marks = Vec::with_capacity(r.0.len() / 8);
+        while !r.0.is_empty() {
+            marks.push(r.i64()?);
+        }
+        Some(Checkpoint {
+            replay_from,
+            next_offset,
+            marks,
+        })
+    }
 }
 
 /// Splits an aggregate whose user set is larger than `max_users` into several (the first with
@@ -611,13 +632,14 @@ pub struct MergeState {
     /// Latest watermark marker of each input partition.
     marks: Vec<i64>,
     panes: BTreeMap<i64, HashMap<GroupKey, Agg>>,
-    /// Ids of the changelog deltas merged into each pane.
-    deltas: HashMap<(i64, GroupKey), Vec<i64>>,
+    /// First repartition offset that contributed to each open pane.
+    pane_first: BTreeMap<i64, i64>,
+    /// The first repartition offset not applied yet.
+    next_offset: i64,
     /// Windows starting before this are final and emitted.
     next_open: i64,
-    new_deltas: Vec<(i64, GroupKey, i64, Agg)>,
-    dropped: Vec<(i64, GroupKey, i64)>,
-    marks_dirty: bool,
+    /// Something was applied since the last checkpoint.
+    moved: bool,
     /// Panes changed since the last early update.
     early: HashSet<(i64, GroupKey)>,
     /// Partials that came for windows already final: impossible by construction, counted.
@@ -630,29 +652,37 @@ impl MergeState {
             cfg,
             marks: vec![i64::MIN; upstream_partitions.max(1)],
             panes: BTreeMap::new(),
-            deltas: HashMap::new(),
+            pane_first: BTreeMap::new(),
+            next_offset: 0,
             next_open: i64::MIN,
-            new_deltas: Vec::new(),
-            dropped: Vec::new(),
-            marks_dirty: false,
+            moved: false,
             early: HashSet::new(),
             stale: 0,
         }
     }
 
-    /// After restoring from the changelog: everything final under the restored watermark was
-    /// emitted before the crash (the changelog and the outputs commit together).
+    /// Starts a restore: the watermarks of the checkpoint; then replay the repartition records
+    /// of [`Checkpoint::replay_from`, [`Checkpoint::next_offset`]) with `apply_*` and call
+    /// [`MergeState::restored`].
+    pub fn from_checkpoint(cfg: WinConfig, upstream_partitions: usize, cp: &Checkpoint) -> Self {
+        let mut s = MergeState::new(cfg, upstream_partitions);
+        for (slot, m) in s.marks.iter_mut().zip(&cp.marks) {
+            *slot = *m;
+        }
+        s.next_offset = cp.replay_from;
+        s
+    }
+
+    /// After a restore: everything final under the restored watermark was emitted before the
+    /// crash (the checkpoint and the outputs commit together), so it is dropped, not emitted.
     pub fn restored(&mut self) {
         let wm = self.watermark();
-        self.new_deltas.clear();
-        self.dropped.clear();
         if wm != i64::MIN {
             self.next_open = self.cfg.last_final_start(wm) + self.cfg.spec.slide_ms;
-            // Deltas of panes no open window needs (a crash between writing a delta and its
-            // tombstone cannot happen within one transaction, but be safe): drop them again.
             self.drop_panes_before(self.cfg.spec.pane_of(self.next_open));
         }
-        self.marks_dirty = false;
+        self.early.clear();
+        self.moved = false;
     }
 
     /// Minimum of the upstream watermarks (`i64::MIN` until every input partition reported).
@@ -662,6 +692,10 @@ impl MergeState {
 
     pub fn marks(&self) -> &[i64] {
         &self.marks
+    }
+
+    pub fn next_offset(&self) -> i64 {
+        self.next_offset
     }
 
     pub fn open_panes(&self) -> usize {
@@ -693,44 +727,47 @@ impl MergeState {
         last.values().map(|v| v.1).sum()
     }
 
-    pub fn apply_marker(&mut self, partition: i32, watermark: i64) {
+    fn seen(&mut self, offset: i64) {
+        self.next_offset = self.next_offset.max(offset + 1);
+        self.moved = true;
+    }
+
+    /// Applies a marker read at `offset` of the repartition partition.
+    pub fn apply_marker(&mut self, partition: i32, watermark: i64, offset: i64) {
+        self.seen(offset);
         if let Some(m) = usize::try_from(partition)
             .ok()
             .and_then(|p| self.marks.get_mut(p))
         {
-            if watermark > *m {
-                *m = watermark;
-                self.marks_dirty = true;
-            }
+            *m = (*m).max(watermark);
         }
     }
 
-    /// Merges a partial; `id` names it in the changelog (unique per repartition partition: its
-    /// offset there).
-    pub fn apply_partial(&mut self, key: GroupKey, pane: i64, agg: Agg, id: i64) {
+    /// Merges a partial read at `offset` of the repartition partition.
+    pub fn apply_partial(&mut self, key: GroupKey, pane: i64, agg: &Agg, offset: i64) {
+        self.seen(offset);
         if self.next_open != i64::MIN && pane * self.cfg.spec.slide_ms < self.next_open {
             self.stale += 1;
             return;
         }
+        self.pane_first.entry(pane).or_insert(offset);
         self.panes
             .entry(pane)
             .or_default()
             .entry(key.clone())
             .or_default()
-            .merge(&agg);
-        self.early.insert((pane, key.clone()));
-        self.deltas.entry((pane, key.clone())).or_default().push(id);
-        self.new_deltas.push((pane, key, id, agg));
+            .merge(agg);
+        self.early.insert((pane, key));
     }
 
     fn drop_panes_before(&mut self, keep_from: i64) {
         let kept = self.panes.split_off(&keep_from);
         let gone = std::mem::replace(&mut self.panes, kept);
-        for (pane, keys) in gone {
-            for (k, _) in keys {
-                self.early.remove(&(pane, k.clone()));
-                for id in self.deltas.remove(&(pane, k.clone())).unwrap_or_default() {
-                    self.dropped.push((pane, k.clone(), id));
+        self.pane_first = self.pane_first.split_off(&keep_from);
+        if !self.early.is_empty() {
+            for (pane, keys) in gone {
+                for (k, _) in keys {
+                    self.early.remove(&(pane, k));
                 }
             }
         }
@@ -816,31 +853,22 @@ impl MergeState {
         out
     }
 
-    /// State changes since the last call, for the changelog.
-    /// New deltas first, then tombstones (a delta written and dropped in the same batch ends
-    /// deleted).
-    pub fn changes(&mut self) -> Vec<StateChange> {
-        let mut out = Vec::with_capacity(self.new_deltas.len() + self.dropped.len() + 1);
-        for (pane, key, id, agg) in self.new_deltas.drain(..) {
-            out.push(StateChange::Delta {
-                pane,
-                key,
-                id,
-                agg: Some(agg),
-            });
+    /// The checkpoint to write when something was applied since the last one (it must be written
+    /// in every transaction that processed records of this partition).
+    pub fn checkpoint(&mut self) -> Option<Checkpoint> {
+        if !std::mem::take(&mut self.moved) {
+            return None;
         }
-        for (pane, key, id) in self.dropped.drain(..) {
-            out.push(StateChange::Delta {
-                pane,
-                key,
-                id,
-                agg: None,
-            });
-        }
-        if std::mem::take(&mut self.marks_dirty) {
-            out.push(StateChange::Marks(self.marks.clone()));
-        }
-        out
+        Some(Checkpoint {
+            replay_from: self
+                .pane_first
+                .values()
+                .copied()
+                .min()
+                .unwrap_or(self.next_offset),
+            next_offset: self.next_offset,
+            marks: self.marks.clone(),
+        })
     }
 }
 
@@ -884,9 +912,6 @@ mod tests {
         }
     }
 
-    /// A changelog record: key, value (`None`: tombstone).
-    type LogRecord = (Vec<u8>, Option<Vec<u8>>);
-
     fn cfg(size: i64, slide: i64, grace: i64, ooo: i64) -> WinConfig {
         WinConfig {
             spec: WindowSpec::hopping(size, slide).unwrap(),
@@ -906,15 +931,47 @@ mod tests {
         let mut a = Agg::default();
         add_event(&mut a, &ev(5, 7, 3, EventType::Purchase));
         add_event(&mut a, &ev(6, 8, 3, EventType::View));
-        let p = Repartitioned::Partial { pane: -3, agg: a };
+        let p = Repartitioned::Bundle(vec![
+            (k.clone(), -3, a.clone()),
+            (k.clone(), 4, Agg::default()),
+        ]);
         assert_eq!(Repartitioned::decode(&p.encode()), Some(p));
+        // Bundles built per partition decode to the partials routed there.
+        let partials: Vec<_> = (0..50)
+            .map(|i| {
+                let key = GroupKey {
+                    dimension: Dimension::Product,
+                    value: i.to_string(),
+                    currency: "USD".into(),
+                };
+                (key, i64::from(i % 3), a.clone())
+            })
+            .collect();
+        let mut back = Vec::new();
+        for (r, bytes) in bundles(partials.clone(), 4, 300) {
+            let Some(Repartitioned::Bundle(entries)) = Repartitioned::decode(&bytes) else {
+                panic!("a bundle")
+            };
+            assert!(entries.iter().all(|(k, _, _)| route(k, 4) == r));
+            back.extend(entries);
+        }
+        back.sort_by(|x, y| (&x.0, x.1).cmp(&(&y.0, y.1)));
+        let mut want = partials;
+        want.sort_by(|x, y| (&x.0, x.1).cmp(&(&y.0, y.1)));
+        assert_eq!(back, want);
+        let cp = Checkpoint {
+            replay_from: 3,
+            next_offset: 9,
+            marks: vec![1, i64::MIN],
+        };
+        assert_eq!(Checkpoint::decode(&cp.encode()), Some(cp));
         let m = Repartitioned::Marker {
             partition: 4,
             watermark: -9,
             idle: true,
         };
         assert_eq!(Repartitioned::decode(&m.encode()), Some(m));
-        assert_eq!(Repartitioned::decode(b"Pxx"), None);
+        assert_eq!(Repartitioned::decode(b"Bxx"), None);
         assert_eq!(Repartitioned::decode(b""), None);
         let pm = PartitionMark {
             max_time: 10,
@@ -935,7 +992,7 @@ mod tests {
         };
         let mut a = Agg::default();
         add_event(&mut a, &ev(25, 1, 1, EventType::View));
-        m.apply_partial(k.clone(), 2, a.clone(), 1);
+        m.apply_partial(k.clone(), 2, &a, 1);
         let early = m.early_updates();
         // Pane 2 ([20,30)) is in the windows starting at 0, 10 and 20.
         let starts: Vec<i64> = early.iter().map(|w| w.window_start).collect();
@@ -943,12 +1000,12 @@ mod tests {
         assert!(early.iter().all(|w| !w.is_final && w.agg.views == 1));
         assert!(m.early_updates().is_empty(), "nothing changed since");
         // Window [0,30) closes; a new event in pane 2 updates only the open windows.
-        m.apply_marker(0, 30);
-        m.apply_marker(1, 30);
+        m.apply_marker(0, 30, 2);
+        m.apply_marker(1, 30, 3);
         let finals = m.close();
         assert_eq!(finals.len(), 1);
         assert!(finals[0].is_final && finals[0].window_start == 0);
-        m.apply_partial(k, 2, a, 2);
+        m.apply_partial(k, 2, &a, 4);
         let starts: Vec<(i64, i64)> = m
             .early_updates()
             .iter()
@@ -1017,43 +1074,33 @@ mod tests {
         };
         let mut a = Agg::default();
         add_event(&mut a, &ev(10, 1, 1, EventType::View));
-        m.apply_partial(k.clone(), 0, a.clone(), 7);
-        m.apply_marker(0, 500);
+        m.apply_partial(k.clone(), 0, &a, 7);
+        m.apply_marker(0, 500, 8);
         assert!(m.close().is_empty(), "partition 1 has not reported");
-        m.apply_marker(1, 61);
+        assert_eq!(
+            m.checkpoint(),
+            Some(Checkpoint {
+                replay_from: 7,
+                next_offset: 9,
+                marks: vec![500, i64::MIN]
+            })
+        );
+        assert_eq!(m.checkpoint(), None, "nothing applied since");
+        m.apply_marker(1, 61, 9);
         let out = m.close();
         assert_eq!(out.len(), 1);
         assert_eq!((out[0].window_start, out[0].agg.views), (0, 1));
-        let ch = m.changes();
-        // The delta is written, then deleted with its pane.
-        let put = ch
-            .iter()
-            .position(|c| {
-                matches!(
-                    c,
-                    StateChange::Delta {
-                        id: 7,
-                        agg: Some(_),
-                        ..
-                    }
-                )
+        // The pane is gone: nothing to replay.
+        assert_eq!(
+            m.checkpoint(),
+            Some(Checkpoint {
+                replay_from: 10,
+                next_offset: 10,
+                marks: vec![500, 61]
             })
-            .unwrap();
-        let del = ch
-            .iter()
-            .position(|c| {
-                *c == StateChange::Delta {
-                    pane: 0,
-                    key: k.clone(),
-                    id: 7,
-                    agg: None,
-                }
-            })
-            .unwrap();
-        assert!(put < del);
-        assert!(ch.contains(&StateChange::Marks(vec![500, 61])));
+        );
         // A partial for a final window is counted as stale, not merged.
-        m.apply_partial(k, 0, a, 8);
+        m.apply_partial(k, 0, &a, 10);
         assert_eq!((m.stale, m.open_panes()), (1, 0));
     }
 
@@ -1072,61 +1119,70 @@ mod tests {
             pre.assign(p as i32, None);
         }
         let mut merges: Vec<MergeState> = (0..r).map(|_| MergeState::new(c, inputs)).collect();
-        // Each changelog partition as a log (tombstones included, never compacted here).
-        let mut changelogs: Vec<Vec<LogRecord>> = vec![Vec::new(); r];
-        let mut next_id = vec![0i64; r];
+        // The repartition partitions (offset = index) and stage 2's checkpoints.
+        let mut logs: Vec<Vec<Vec<u8>>> = vec![Vec::new(); r];
+        let mut checkpoints: Vec<Option<Checkpoint>> = vec![None; r];
         let mut finals = BTreeMap::new();
         let mut late = Vec::new();
-        let hash = |k: &GroupKey| {
-            k.to_bytes()
-                .iter()
-                .fold(7usize, |h, b| h.wrapping_mul(31).wrapping_add(*b as usize))
-                % r
-        };
+        let apply =
+            |m: &mut MergeState, bytes: &[u8], offset: i64| match Repartitioned::decode(bytes) {
+                Some(Repartitioned::Bundle(entries)) => {
+                    for (k, pane, agg) in entries {
+                        m.apply_partial(k, pane, &agg, offset);
+                    }
+                }
+                Some(Repartitioned::Marker {
+                    partition,
+                    watermark,
+                    ..
+                }) => m.apply_marker(partition, watermark, offset),
+                None => panic!("undecodable repartition record"),
+            };
         let mut ship = |pre: &mut PreStage,
                         merges: &mut Vec<MergeState>,
                         finals: &mut BTreeMap<(i64, GroupKey), Agg>| {
             let d = pre.drain();
             pre.commit();
-            for (k, pane, agg) in d.partials {
-                let enc = Repartitioned::Partial { pane, agg }.encode();
-                let Some(Repartitioned::Partial { pane, agg }) = Repartitioned::decode(&enc) else {
-                    panic!("decodes")
-                };
-                let h = hash(&k);
-                next_id[h] += 1;
-                merges[h].apply_partial(k, pane, agg, next_id[h]);
+            // Stage 1's transaction: bundles, then markers to every partition.
+            for (to, bytes) in bundles(d.partials, r as i32, 2_000) {
+                logs[to as usize].push(bytes);
             }
-            for (p, mk, _) in d.marks {
-                for m in merges.iter_mut() {
-                    m.apply_marker(p, mk.watermark);
+            for (p, mk, idle) in d.marks {
+                let bytes = Repartitioned::Marker {
+                    partition: p,
+                    watermark: mk.watermark,
+                    idle,
+                }
+                .encode();
+                for log in logs.iter_mut() {
+                    log.push(bytes.clone());
                 }
             }
+            // Stage 2 reads everything new, closes, checkpoints; then crashes and restores.
             for (i, m) in merges.iter_mut().enumerate() {
+                let from = m.next_offset() as usize;
+                for (o, bytes) in logs[i].iter().enumerate().skip(from) {
+                    apply(m, bytes, o as i64);
+                }
                 for w in m.close() {
                     assert!(finals.insert((w.window_start, w.key), w.agg).is_none());
                 }
-                for ch in m.changes() {
-                    match ch {
-                        StateChange::Delta { pane, key, id, agg } => {
-                            changelogs[i].push((
-                                delta_state_key(pane, id, &key),
-                                agg.map(|a| {
-                                    let mut b = Vec::new();
-                                    encode_agg(&a, &mut b);
-                                    b
-                                }),
-                            ));
-                        }
-                        StateChange::Marks(v) => {
-                            changelogs[i].push((MARKS_STATE_KEY.to_vec(), Some(encode_marks(&v))));
-                        }
-                    }
+                if let Some(cp) = m.checkpoint() {
+                    checkpoints[i] = Some(cp);
                 }
-                // Crash and restore from the changelog.
-                let mut fresh = MergeState::new(c, inputs);
-                assert_eq!(restore_from(&mut fresh, changelogs[i].iter().cloned()), 0);
+                let mut fresh = match &checkpoints[i] {
+                    Some(cp) => {
+                        let mut f = MergeState::from_checkpoint(c, inputs, cp);
+                        for o in cp.replay_from..cp.next_offset {
+                            apply(&mut f, &logs[i][o as usize], o);
+                        }
+                        f
+                    }
+                    None => MergeState::new(c, inputs),
+                };
                 fresh.restored();
+                assert_eq!(fresh.next_offset(), m.next_offset());
+                assert_eq!(fresh.open_panes(), m.open_panes());
                 *m = fresh;
             }
         };
@@ -1163,6 +1219,8 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(96))]
+
         /// Through both stages, several partitions, batches and restores: the final windows are
         /// exactly the direct computation over the on-time events, late + on-time = all events,
         /// and any order within the out-of-orderness gives the same result.

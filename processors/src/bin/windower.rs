@@ -32,8 +32,8 @@ use cartstream_kafka::admin::{self, TopicSpec};
 use cartstream_kafka::{read, KafkaArgs, Topic};
 use cartstream_processors::kpi_metrics::KpiMetrics;
 use cartstream_processors::win_stage::{
-    self, delta_state_key, encode_marks, GroupKey, MergeState, PartitionMark, PreStage,
-    Repartitioned, StateChange, WinConfig, WindowResult,
+    self, Checkpoint, MergeState, PartitionMark, PreStage, Repartitioned, WinConfig, WindowResult,
+    CHECKPOINT_KEY,
 };
 use cartstream_processors::window::WindowSpec;
 use cartstream_runtime::Shutdown;
@@ -48,6 +48,8 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 const STAGE_PRE: &str = "windower-pre";
 const STAGE: &str = "windower";
 const MARK_KEY: &[u8] = b"wm";
+/// Target size of a bundle of partials on the repartition topic (records stay well under 1 MB).
+const BUNDLE_BYTES: usize = 256 * 1024;
 
 /// Parses `500ms`, `30s`, `1m`, `10m`, `1h` or plain milliseconds.
 fn parse_ms(s: &str) -> Result<i64, String> {
@@ -153,9 +155,6 @@ fn lag_seconds(wm: i64) -> f64 {
     }
 }
 
-/// A changelog record: key and value (`None`: tombstone).
-type Record<'a> = (&'a [u8], Option<&'a [u8]>);
-
 /// Reads partitions of a compacted changelog to the end.
 async fn read_changelog(
     kafka: &KafkaArgs,
@@ -169,6 +168,51 @@ async fn read_changelog(
     let wanted = partitions.to_vec();
     tokio::task::spawn_blocking(move || {
         read::read_partitions_to_end(&config, &topic, Some(&wanted), Duration::from_secs(300))
+    })
+    .await?
+}
+
+/// Reads offsets `[from, to)` of one partition (committed records only).
+async fn read_range(
+    kafka: &KafkaArgs,
+    group: &str,
+    topic: &str,
+    partition: i32,
+    from: i64,
+    to: i64,
+) -> anyhow::Result<Vec<rdkafka::message::OwnedMessage>> {
+    if from >= to {
+        return Ok(Vec::new());
+    }
+    let mut config = kafka.consumer(&format!("{group}-replay"))?;
+    config.set("enable.partition.eof", "false");
+    config.set("enable.auto.commit", "false");
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = config.create()?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&topic, partition, Offset::Offset(from))?;
+        consumer.assign(&tpl)?;
+        let deadline = Instant::now() + Duration::from_secs(300);
+        let mut out = Vec::new();
+        loop {
+            if let Some(r) = consumer.poll(Duration::from_millis(200)) {
+                let m = r?;
+                let o = m.offset();
+                if o < to {
+                    out.push(m.detach());
+                }
+                // The record at to - 1 is the last one processed: a committed record.
+                if o >= to - 1 {
+                    return Ok(out);
+                }
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "replaying {topic} [{partition}] {from}..{to}: only {} records within 300 s",
+                out.len()
+            );
+        }
     })
     .await?
 }
@@ -352,15 +396,10 @@ impl Processor for Pre {
         }
         let active_now: Vec<i32> = active.iter().map(|(p, _)| *p).collect();
         let drained = self.stage.drain();
-        let mut key = Vec::with_capacity(64);
-        for (k, pane, agg) in drained.partials {
-            key.clear();
-            k.encode(&mut key);
-            out.send(
-                &self.repartition,
-                Some(&key),
-                Repartitioned::Partial { pane, agg }.encode(),
-            );
+        for (r, bundle) in
+            win_stage::bundles(drained.partials, self.repartition_partitions, BUNDLE_BYTES)
+        {
+            out.send_to(&self.repartition, r, None, bundle);
         }
         for (p, mark, idle) in drained.marks {
             let marker = Repartitioned::Marker {
@@ -429,6 +468,8 @@ struct Merge {
     upstream: usize,
     states: HashMap<i32, MergeState>,
     changelog: String,
+    /// The repartition topic (replayed on restore).
+    input: String,
     out_topic: String,
     encoder: Encoder<KpiWindow>,
     kafka: KafkaArgs,
@@ -444,39 +485,74 @@ struct Merge {
 }
 
 impl Merge {
+    /// Rebuilds the state of `ids`: the checkpoint from the changelog, then a replay of the
+    /// repartition partition from its `replay_from` to its `next_offset`.
     async fn restore(&mut self, ids: &[i32]) -> anyhow::Result<()> {
         let records = read_changelog(&self.kafka, &self.group, &self.changelog, ids).await?;
-        let mut fresh: HashMap<i32, MergeState> = ids
-            .iter()
-            .map(|p| (*p, MergeState::new(self.cfg, self.upstream)))
-            .collect();
-        let mut per_partition: HashMap<i32, Vec<Record<'_>>> = HashMap::new();
+        let mut checkpoints: HashMap<i32, Checkpoint> = HashMap::new();
         for m in &records {
-            if let Some(key) = m.key() {
-                per_partition
-                    .entry(m.partition())
-                    .or_default()
-                    .push((key, m.payload()));
+            if m.key() != Some(CHECKPOINT_KEY) {
+                continue;
             }
+            let cp = m.payload().and_then(Checkpoint::decode).with_context(|| {
+                format!(
+                    "unreadable checkpoint in {} [{}]",
+                    self.changelog,
+                    m.partition()
+                )
+            })?;
+            checkpoints.insert(m.partition(), cp);
         }
-        let mut bad = 0usize;
-        for (p, state) in fresh.iter_mut() {
-            bad += win_stage::restore_from(state, per_partition.remove(p).unwrap_or_default());
-        }
-        anyhow::ensure!(
-            bad == 0,
-            "{bad} unreadable records in the changelog {}",
-            self.changelog
-        );
-        for (p, mut s) in fresh {
-            s.restored();
+        for p in ids {
+            let mut state = match checkpoints.get(p) {
+                None => MergeState::new(self.cfg, self.upstream),
+                Some(cp) => {
+                    let mut state = MergeState::from_checkpoint(self.cfg, self.upstream, cp);
+                    let started = Instant::now();
+                    let replay = read_range(
+                        &self.kafka,
+                        &self.group,
+                        &self.input,
+                        *p,
+                        cp.replay_from,
+                        cp.next_offset,
+                    )
+                    .await?;
+                    let n = replay.len();
+                    for m in replay {
+                        match m.payload().and_then(Repartitioned::decode) {
+                            Some(Repartitioned::Bundle(entries)) => {
+                                for (k, pane, agg) in entries {
+                                    state.apply_partial(k, pane, &agg, m.offset());
+                                }
+                            }
+                            Some(Repartitioned::Marker {
+                                partition,
+                                watermark,
+                                ..
+                            }) => state.apply_marker(partition, watermark, m.offset()),
+                            None => {} // dead-lettered when it was first read
+                        }
+                    }
+                    tracing::info!(
+                        partition = p,
+                        records = n,
+                        from = cp.replay_from,
+                        to = cp.next_offset,
+                        ms = started.elapsed().as_millis() as u64,
+                        "replayed"
+                    );
+                    state
+                }
+            };
+            state.restored();
             tracing::info!(
                 partition = p,
-                panes = s.open_panes(),
-                watermark = s.watermark(),
+                panes = state.open_panes(),
+                watermark = state.watermark(),
                 "window state restored"
             );
-            self.states.insert(p, s);
+            self.states.insert(*p, state);
         }
         Ok(())
     }
@@ -563,17 +639,10 @@ impl Processor for Merge {
                 partition,
                 watermark,
                 ..
-            }) => state.apply_marker(partition, watermark),
-            Some(Repartitioned::Partial { pane, agg }) => {
-                match input.key.and_then(GroupKey::decode) {
-                    Some(k) => state.apply_partial(k, pane, agg, input.offset),
-                    None => out.dead_letter(
-                        input,
-                        STAGE,
-                        "bad_repartition_key",
-                        "partial aggregate without a readable group key".into(),
-                        None,
-                    ),
+            }) => state.apply_marker(partition, watermark, input.offset),
+            Some(Repartitioned::Bundle(entries)) => {
+                for (k, pane, agg) in entries {
+                    state.apply_partial(k, pane, &agg, input.offset);
                 }
             }
             None => out.dead_letter(
@@ -598,7 +667,7 @@ impl Processor for Merge {
         let mut parts: Vec<i32> = self.states.keys().copied().collect();
         parts.sort_unstable();
         let mut results = Vec::new();
-        let mut changes = Vec::new();
+        let mut checkpoints = Vec::new();
         let mut stale = 0;
         for p in &parts {
             let Some(state) = self.states.get_mut(p) else {
@@ -608,7 +677,9 @@ impl Processor for Merge {
             if early {
                 results.extend(state.early_updates());
             }
-            changes.push((*p, state.changes()));
+            if let Some(cp) = state.checkpoint() {
+                checkpoints.push((*p, cp));
+            }
             stale += std::mem::take(&mut state.stale);
         }
         for w in &results {
@@ -618,28 +689,8 @@ impl Processor for Merge {
                 .with_label_values(&[if w.is_final { "final" } else { "early" }])
                 .inc();
         }
-        for (p, ch) in changes {
-            for c in ch {
-                match c {
-                    StateChange::Delta { pane, key, id, agg } => {
-                        let k = delta_state_key(pane, id, &key);
-                        match agg {
-                            Some(a) => {
-                                let mut v = Vec::with_capacity(64 + a.users.len() * 8);
-                                win_stage::encode_agg(&a, &mut v);
-                                out.changelog(&self.changelog, p, &k, v);
-                            }
-                            None => out.changelog_delete(&self.changelog, p, &k),
-                        }
-                    }
-                    StateChange::Marks(m) => out.changelog(
-                        &self.changelog,
-                        p,
-                        win_stage::MARKS_STATE_KEY,
-                        encode_marks(&m),
-                    ),
-                }
-            }
+        for (p, cp) in checkpoints {
+            out.changelog(&self.changelog, p, CHECKPOINT_KEY, cp.encode());
         }
         if stale > 0 {
             self.metrics.stale.with_label_values(&[STAGE]).inc_by(stale);
@@ -820,6 +871,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         upstream: usize::try_from(partitions)?,
         states: HashMap::new(),
         changelog: merge_changelog,
+        input: repartition.clone(),
         out_topic: names.name(Topic::KpiWindows),
         encoder: Encoder::register(&registry, &names.subject(Topic::KpiWindows)).await?,
         kafka: c.kafka.clone(),
