@@ -509,6 +509,7 @@ pub async fn run(ctx: Context<'_>) -> anyhow::Result<()> {
     let consumer =
         source::consumer(kafka, &group, args.group.instance_id.as_deref(), &inputs).await?;
     source::spawn_lag_reporter(kafka, &group, inputs.clone(), SINK, shutdown.clone());
+    SinkMetrics::get().zero(SINK, &["upload", "decode", "commit"], &["flush"]);
     tracing::info!(group, inputs = ?inputs, lake = %lake.store, prefix = %lake.prefix, "writing");
     health.set_ready(true);
     let mut sink = Sink {

@@ -30,6 +30,21 @@ impl SinkMetrics {
         M.get_or_init(|| SinkMetrics::register().expect("sink metrics register once"))
     }
 
+    /// Creates the series a sink exports at zero, so dashboards and alert rules see a sink that
+    /// has not retried (or uploaded) yet as 0 rather than as no data.
+    pub fn zero(&self, sink: &str, retries: &[&str], file_kinds: &[&str]) {
+        self.consumed.with_label_values(&[sink]);
+        self.commits.with_label_values(&[sink]);
+        self.in_flight.with_label_values(&[sink]);
+        for what in retries {
+            self.retries.with_label_values(&[sink, what]);
+        }
+        for kind in file_kinds {
+            self.files_written.with_label_values(&[sink, kind]);
+            self.bytes_written.with_label_values(&[sink, kind]);
+        }
+    }
+
     fn register() -> prometheus::Result<Self> {
         Ok(SinkMetrics {
             consumed: register_int_counter_vec!(

@@ -329,6 +329,7 @@ pub async fn run(ctx: Context<'_>) -> anyhow::Result<()> {
         health,
     } = ctx;
     let m = SinkMetrics::get();
+    m.zero(SINK, &["write", "decode", "commit"], &[]);
     anyhow::ensure!(args.max_in_flight > 0, "--max-in-flight must be at least 1");
     let mut topics = BTreeMap::new();
     for base in &args.topics {
