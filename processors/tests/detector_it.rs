@@ -221,29 +221,27 @@ async fn trends_bots_and_prices_raise_the_right_alerts_and_a_steady_run_none() {
         .expect("the trend's purchases reach 10 per minute");
 
     // After the run: a bot and a price anomaly, then one purchase a day later (end of input).
-    let product = {
+    // The catalog as the enricher sees it now: the latest version of each product (prices change
+    // during the run, and products are keyed by id, so the last record of a key is the latest).
+    let latest: BTreeMap<i64, Product> = {
         let dec = Decoder::<Product>::new(registry.clone());
-        let mut found = None;
-        for m in read_all(&kafka, &names.name(Topic::Products)) {
-            let p = dec.decode(m.payload().unwrap()).await.unwrap();
-            if p.price > 1.0 && p.category_code != CATEGORY {
-                found = Some(p);
-                break;
-            }
+        let mut m = BTreeMap::new();
+        for r in read_all(&kafka, &names.name(Topic::Products)) {
+            let p = dec.decode(r.payload().unwrap()).await.unwrap();
+            m.insert(p.product_id, p);
         }
-        found.unwrap()
+        m
     };
-    let products: Vec<Product> = {
-        let dec = Decoder::<Product>::new(registry.clone());
-        let mut v = Vec::new();
-        for m in read_all(&kafka, &names.name(Topic::Products)) {
-            let p = dec.decode(m.payload().unwrap()).await.unwrap();
-            if p.price > 0.0 && p.currency == product.currency {
-                v.push(p);
-            }
-        }
-        v
-    };
+    let product = latest
+        .values()
+        .find(|p| p.price > 1.0 && p.category_code != CATEGORY)
+        .unwrap()
+        .clone();
+    let products: Vec<Product> = latest
+        .values()
+        .filter(|p| p.price > 0.0 && p.currency == product.currency)
+        .cloned()
+        .collect();
     let m0 = (end / 60_000 + 2) * 60_000;
     let enc: Encoder<RawEvent> = Encoder::register(&registry, &names.subject(Topic::Raw))
         .await
