@@ -558,6 +558,8 @@ pub struct WindowResult {
 pub struct Checkpoint {
     pub replay_from: i64,
     pub next_offset: i64,
+    /// Windows starting before this were emitted.
+    pub next_open: i64,
     pub marks: Vec<i64>,
 }
 
@@ -566,9 +568,10 @@ pub const CHECKPOINT_KEY: &[u8] = b"c";
 
 impl Checkpoint {
     pub fn encode(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(16 + 8 * self.marks.len());
+        let mut b = Vec::with_capacity(24 + 8 * self.marks.len());
         b.extend_from_slice(&self.replay_from.to_le_bytes());
         b.extend_from_slice(&self.next_offset.to_le_bytes());
+        b.extend_from_slice(&self.next_open.to_le_bytes());
         for m in &self.marks {
             b.extend_from_slice(&m.to_le_bytes());
         }
@@ -576,12 +579,13 @@ impl Checkpoint {
     }
 
     pub fn decode(b: &[u8]) -> Option<Checkpoint> {
-        if b.len() < 16 || !b.len().is_multiple_of(8) {
+        if b.len() < 24 || !b.len().is_multiple_of(8) {
             return None;
         }
         let mut r = Reader(b);
         let replay_from = r.i64()?;
         let next_offset = r.i64()?;
+        let next_open = r.i64()?;
         let mut marks = Vec::with_capacity(r.0.len() / 8);
         while !r.0.is_empty() {
             marks.push(r.i64()?);
@@ -589,6 +593,7 @@ impl Checkpoint {
         Some(Checkpoint {
             replay_from,
             next_offset,
+            next_open,
             marks,
         })
     }
@@ -638,8 +643,10 @@ pub struct MergeState {
     next_offset: i64,
     /// Windows starting before this are final and emitted.
     next_open: i64,
-    /// Something was applied since the last checkpoint.
+    /// Something was applied or emitted since the last checkpoint.
     moved: bool,
+    /// `next_open` of the checkpoint being restored (applied by `restored`).
+    restoring_next_open: Option<i64>,
     /// Panes changed since the last early update.
     early: HashSet<(i64, GroupKey)>,
     /// Partials that came for windows already final: impossible by construction, counted.
@@ -656,6 +663,7 @@ impl MergeState {
             next_offset: 0,
             next_open: i64::MIN,
             moved: false,
+            restoring_next_open: None,
             early: HashSet::new(),
             stale: 0,
         }
@@ -670,15 +678,17 @@ impl MergeState {
             *slot = *m;
         }
         s.next_offset = cp.replay_from;
+        s.restoring_next_open = Some(cp.next_open);
         s
     }
 
-    /// After a restore: everything final under the restored watermark was emitted before the
-    /// crash (the checkpoint and the outputs commit together), so it is dropped, not emitted.
+    /// After a restore: the windows the checkpoint says were emitted (it commits with them) are
+    /// dropped, not emitted again; final windows not emitted yet come with the next `close`.
     pub fn restored(&mut self) {
-        let wm = self.watermark();
-        if wm != i64::MIN {
-            self.next_open = self.cfg.last_final_start(wm) + self.cfg.spec.slide_ms;
+        if let Some(no) = self.restoring_next_open.take() {
+            self.next_open = no;
+        }
+        if self.next_open != i64::MIN {
             self.drop_panes_before(self.cfg.spec.pane_of(self.next_open));
         }
         self.early.clear();
@@ -776,6 +786,13 @@ impl MergeState {
     /// Emits the windows that became final, oldest first, and forgets the panes no open window
     /// needs.
     pub fn close(&mut self) -> Vec<WindowResult> {
+        self.close_at_most(usize::MAX)
+    }
+
+    /// Like [`MergeState::close`], stopping after the window at which the results reach `max`
+    /// (bounded transactions when the watermark jumps far, e.g. many small slides); the rest
+    /// comes with the next call.
+    pub fn close_at_most(&mut self, max: usize) -> Vec<WindowResult> {
         let mut out = Vec::new();
         let wm = self.watermark();
         if wm == i64::MIN {
@@ -816,9 +833,21 @@ impl MergeState {
                 batch.sort_unstable_by(|a, b| a.key.cmp(&b.key));
                 out.extend(batch);
                 start += spec.slide_ms;
+                if out.len() >= max && start <= last_final {
+                    // Stop here: windows from `start` on are emitted by the next call.
+                    if start > self.next_open {
+                        self.next_open = start;
+                        self.moved = true;
+                    }
+                    self.drop_panes_before(spec.pane_of(self.next_open));
+                    return out;
+                }
             }
         }
-        self.next_open = self.next_open.max(last_final + spec.slide_ms);
+        if last_final + spec.slide_ms > self.next_open {
+            self.next_open = last_final + spec.slide_ms;
+            self.moved = true;
+        }
         self.drop_panes_before(spec.pane_of(self.next_open));
         out
     }
@@ -867,6 +896,7 @@ impl MergeState {
                 .min()
                 .unwrap_or(self.next_offset),
             next_offset: self.next_offset,
+            next_open: self.next_open,
             marks: self.marks.clone(),
         })
     }
@@ -962,6 +992,7 @@ mod tests {
         let cp = Checkpoint {
             replay_from: 3,
             next_offset: 9,
+            next_open: -60,
             marks: vec![1, i64::MIN],
         };
         assert_eq!(Checkpoint::decode(&cp.encode()), Some(cp));
@@ -1082,6 +1113,7 @@ mod tests {
             Some(Checkpoint {
                 replay_from: 7,
                 next_offset: 9,
+                next_open: i64::MIN,
                 marks: vec![500, i64::MIN]
             })
         );
@@ -1096,6 +1128,7 @@ mod tests {
             Some(Checkpoint {
                 replay_from: 10,
                 next_offset: 10,
+                next_open: 60,
                 marks: vec![500, 61]
             })
         );
@@ -1113,6 +1146,7 @@ mod tests {
         r: usize,
         events: &[(i32, EnrichedEvent)],
         batch: usize,
+        cap: usize,
     ) -> (BTreeMap<(i64, GroupKey), Agg>, Vec<EnrichedEvent>) {
         let mut pre = PreStage::new(c);
         for p in 0..inputs {
@@ -1164,7 +1198,7 @@ mod tests {
                 for (o, bytes) in logs[i].iter().enumerate().skip(from) {
                     apply(m, bytes, o as i64);
                 }
-                for w in m.close() {
+                for w in m.close_at_most(cap) {
                     assert!(finals.insert((w.window_start, w.key), w.agg).is_none());
                 }
                 if let Some(cp) = m.checkpoint() {
@@ -1198,7 +1232,14 @@ mod tests {
         for p in 0..inputs {
             pre.advance(p as i32, i64::MAX / 4);
         }
-        ship(&mut pre, &mut merges, &mut finals);
+        // Ticks until every final window is out (a capped close leaves some for the next).
+        loop {
+            let before = finals.len();
+            ship(&mut pre, &mut merges, &mut finals);
+            if finals.len() == before {
+                break;
+            }
+        }
         (finals, late)
     }
 
@@ -1232,6 +1273,7 @@ mod tests {
             grace in 0i64..300,
             batch in 1usize..40,
             r in 1usize..4,
+            cap in prop::sample::select(vec![1usize, 7, usize::MAX]),
             seed in any::<u64>(),
         ) {
             let c = cfg(slide * panes, slide, grace, 0);
@@ -1244,7 +1286,7 @@ mod tests {
                     (*p, e)
                 })
                 .collect();
-            let (finals, late) = pipeline(c, 3, r, &events, batch);
+            let (finals, late) = pipeline(c, 3, r, &events, batch, cap);
             let late_ids: HashSet<&str> = late.iter().map(|e| e.event_id.as_str()).collect();
             let on_time: Vec<EnrichedEvent> = events
                 .iter()
@@ -1261,14 +1303,14 @@ mod tests {
             // With an out-of-orderness covering the whole input nothing is late, and any
             // arrival order gives the same windows.
             let c2 = cfg(slide * panes, slide, grace, 10_000);
-            let (a, late_a) = pipeline(c2, 3, r, &events, batch);
+            let (a, late_a) = pipeline(c2, 3, r, &events, batch, cap);
             let mut shuffled = events.clone();
             let mut x = seed;
             for i in (1..shuffled.len()).rev() {
                 x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 shuffled.swap(i, (x >> 33) as usize % (i + 1));
             }
-            let (b, late_b) = pipeline(c2, 3, r, &shuffled, batch);
+            let (b, late_b) = pipeline(c2, 3, r, &shuffled, batch, usize::MAX);
             prop_assert!(late_a.is_empty() && late_b.is_empty());
             prop_assert_eq!(&a, &b);
             let all: Vec<EnrichedEvent> = events.iter().map(|(_, e)| e.clone()).collect();

@@ -48,6 +48,10 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 const STAGE_PRE: &str = "windower-pre";
 const STAGE: &str = "windower";
 const MARK_KEY: &[u8] = b"wm";
+/// Most window results one repartition partition emits per tick (one transaction): when the
+/// watermark jumps far (a restart after a pause, many small slides), the rest follows in the
+/// next ticks instead of one huge transaction.
+const MAX_RESULTS_PER_TICK: usize = 20_000;
 /// Target size of a bundle of partials on the repartition topic (records stay well under 1 MB).
 const BUNDLE_BYTES: usize = 256 * 1024;
 
@@ -673,7 +677,7 @@ impl Processor for Merge {
             let Some(state) = self.states.get_mut(p) else {
                 continue;
             };
-            results.extend(state.close());
+            results.extend(state.close_at_most(MAX_RESULTS_PER_TICK));
             if early {
                 results.extend(state.early_updates());
             }
