@@ -25,8 +25,11 @@ fn dashboard_json_is_generated_from_dashboards_py() {
         ("pipeline-health.json", "cartstream_processor_"),
         ("model-quality.json", "cartstream_model_"),
     ] {
-        let text = std::fs::read_to_string(root.join("grafana/dashboards").join(file))
-            .unwrap_or_default();
-        assert!(text.contains(metric), "{file} is missing or shows no {metric}* metric");
+        let text =
+            std::fs::read_to_string(root.join("grafana/dashboards").join(file)).unwrap_or_default();
+        assert!(
+            text.contains(metric),
+            "{file} is missing or shows no {metric}* metric"
+        );
     }
 }

@@ -7,8 +7,11 @@
 //!    lake) rebuilds everything from the first generation's raw topic; its CQL tables and lake equal
 //!    the first generation's. The replay rate is printed next to the live rate.
 //!
+//! Input: 7 simulated hours of history at 840x (about 45 000 events, for the model to train on), then
+//! 45 s of live traffic at 60x with a trend burst, duplicates and malformed records.
+//!
 //! Needs the stack (`make up`) and the binaries (`cargo build --workspace --bins`, which
-//! `make test` does first). Scale by `CARTSTREAM_PIPELINE_EVENTS` (default 20 000).
+//! `make test` does first).
 
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
@@ -219,18 +222,42 @@ fn substitute(expr: &str) -> String {
         .replace("$__range", "30m")
 }
 
-fn producer(gen: &Generation, events: u64, rate: u64, metrics_port: u16) -> std::process::Child {
-    Command::new(bin_dir().join("cartstream-producer"))
-        .args(["simulate", "--topic-prefix", &gen.prefix])
-        .args(["--count", &events.to_string(), "--rate", &rate.to_string()])
-        .args(["--speed", "60", "--products", "300", "--users", "2000"])
-        .args(["--sessions", "300", "--currencies", "USD"])
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// The simulator on a simulated clock from `start_ms`, `speed` times faster than the wall clock,
+/// for `secs` wall seconds at `rate` events/s.
+fn producer(gen: &Generation, start_ms: i64, speed: u32, secs: u32, rate: u32) -> Command {
+    let mut cmd = Command::new(bin_dir().join("cartstream-producer"));
+    cmd.args(["simulate", "--topic-prefix", &gen.prefix])
+        .args([
+            "--start-time",
+            &start_ms.to_string(),
+            "--speed",
+            &speed.to_string(),
+        ])
+        .args([
+            "--duration-secs",
+            &secs.to_string(),
+            "--rate",
+            &rate.to_string(),
+        ])
+        .args(["--products", "300", "--users", "2000", "--sessions", "300"])
+        .args(["--skip-dimensions", "--price-change-every", "0"])
         .args(["--duplicate-ratio", "0.02", "--malformed-ratio", "0.01"])
-        .args(["--trend-at", "+20m", "--trend-for", "10m"])
-        .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
-        .args(["--progress", "off"])
-        .stdout(std::process::Stdio::null())
-        .spawn()
+        .args(["--progress", "off"]);
+    cmd
+}
+
+fn sh(args: &[&str]) -> std::process::Output {
+    Command::new("bash")
+        .args(args)
+        .current_dir(repo_root())
+        .output()
         .unwrap()
 }
 
@@ -294,9 +321,9 @@ fn is_time_of_computation(column: &str) -> bool {
 
 /// Every record of the lake as (topic, partition, offset) — read with the `parquet` crate's own
 /// reader, not the sink's code.
-fn lake_records(root: &Path) -> BTreeMap<String, BTreeSet<String>> {
+fn lake_records(root: &Path) -> BTreeMap<String, BTreeMap<String, usize>> {
     use parquet::file::reader::{FileReader, SerializedFileReader};
-    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut out: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
         let Ok(entries) = std::fs::read_dir(&dir) else {
@@ -324,7 +351,10 @@ fn lake_records(root: &Path) -> BTreeMap<String, BTreeSet<String>> {
                         .filter(|(n, _)| !is_time_of_computation(n))
                         .map(|(n, v)| format!("{n}={v}"))
                         .collect();
-                    out.entry(topic.clone()).or_default().insert(text.join(" "));
+                    *out.entry(topic.clone())
+                        .or_default()
+                        .entry(text.join(" "))
+                        .or_default() += 1;
                 }
             }
         }
@@ -332,14 +362,22 @@ fn lake_records(root: &Path) -> BTreeMap<String, BTreeSet<String>> {
     out
 }
 
+/// Records in the raw topic of a namespace.
+async fn raw_count(prefix: &str) -> usize {
+    let config = kit::kafka().consumer("cartstream-e2e-count").unwrap();
+    let topic = format!("{prefix}purchases.raw");
+    tokio::task::spawn_blocking(move || {
+        cartstream_kafka::read::read_to_end(&config, &topic, Duration::from_secs(120))
+            .map(|v| v.len())
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs every service of issues 5-7 built; enabled when they land"]
 async fn pipeline_serves_every_dashboard_panel_and_a_replay_rebuilds_the_same_state() {
     let kafka = kit::kafka();
-    let events: u64 = std::env::var("CARTSTREAM_PIPELINE_EVENTS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20_000);
     let prefix = kit::unique("pipe");
     let work = repo_root()
         .join("target/e2e")
@@ -355,18 +393,94 @@ async fn pipeline_serves_every_dashboard_panel_and_a_replay_rebuilds_the_same_st
         models: work.join("models"),
         port_base: base,
     };
+    // The catalog first, and fixed: the enricher joins with the dimensions as they are when it
+    // processes an event (a replay re-enriches with the catalog of replay time), so the rebuilt
+    // state can only equal the original if the catalog did not change in between.
+    for args in [
+        vec![
+            "cartstream-admin",
+            "--topic-prefix",
+            prefix.as_str(),
+            "bootstrap",
+        ],
+        vec![
+            "cartstream-producer",
+            "load-catalog",
+            "--topic-prefix",
+            prefix.as_str(),
+            "--products",
+            "300",
+            "--users",
+            "2000",
+            "--metrics-addr",
+            "off",
+        ],
+    ] {
+        let out = Command::new(bin_dir().join(args[0]))
+            .args(&args[1..])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+    }
     gen1.start();
 
-    // --- live run, scraped by Prometheus.
+    // --- history: 7 simulated hours in 30 s (the model trains on it), ending an hour ago.
     let live_started = Instant::now();
-    let status = producer(&gen1, events, 2_000, base + 20).wait().unwrap();
-    assert!(status.success(), "producer failed");
-    gen1.wait_caught_up();
-    let live_secs = live_started.elapsed().as_secs_f64();
+    let history_start = now_ms() - 8 * 3_600_000;
+    let out = producer(&gen1, history_start, 840, 30, 1_500)
+        .args(["--metrics-addr", "off"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "history producer failed: {out:?}");
 
-    // Two scrapes after the last records (scrape interval 5 s), then every panel.
-    tokio::time::sleep(Duration::from_secs(12)).await;
+    // --- live: the last hour at 60x with a trend on kids.toys, scraped by Prometheus as a
+    // service of the pipeline, while a client asks the model service for forecasts.
+    let producer_name = format!("{}producer", gen1.name);
+    let mut live = producer(&gen1, now_ms() - 3_600_000, 60, 45, 500);
+    live.args([
+        "--trend-at",
+        "+10m",
+        "--trend-for",
+        "15m",
+        "--trend-category",
+        "kids.toys",
+    ]);
+    let program = live.get_program().to_string_lossy().into_owned();
+    let live_args: Vec<String> = live
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let port = (base + 20).to_string();
+    let mut start = vec![
+        "scripts/services.sh",
+        "start",
+        &producer_name,
+        &port,
+        "--",
+        &program,
+    ];
+    start.extend(live_args.iter().map(String::as_str));
+    let out = sh(&start);
+    assert!(out.status.success(), "live producer: {out:?}");
     let http = reqwest::Client::new();
+    let api = format!("http://127.0.0.1:{}", base + 9);
+    let mut forecasts_ok = 0;
+    for _ in 0..30 {
+        let r = http
+            .get(format!("{api}/v1/forecast?category=kids.toys&horizon=3"))
+            .send()
+            .await;
+        if r.is_ok_and(|r| r.status().is_success()) {
+            forecasts_ok += 1;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert!(
+        forecasts_ok > 0,
+        "the model service never served a forecast"
+    );
+
+    // Every panel, while the producer still runs (30 s of its 45 s: two scrapes or more of all).
     let mut problems = Vec::new();
     let queries = panel_queries();
     assert!(
@@ -390,6 +504,29 @@ async fn pipeline_serves_every_dashboard_panel_and_a_replay_rebuilds_the_same_st
         queries.len(),
         problems.join("\n")
     );
+    println!(
+        "dashboards: all {} panel queries return data",
+        queries.len()
+    );
+
+    let pid: i32 =
+        std::fs::read_to_string(repo_root().join(format!(".stack/services/{producer_name}.pid")))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+    while Command::new("kill")
+        .args(["-0", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success()
+    {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let _ = sh(&["scripts/services.sh", "stop", &producer_name]);
+    gen1.wait_caught_up();
+    let live_secs = live_started.elapsed().as_secs_f64();
+    let raw_events = raw_count(&gen1.prefix).await;
 
     // --- replay: generation 2 rebuilds everything from generation 1's raw topic.
     gen1.stop();
@@ -416,9 +553,10 @@ async fn pipeline_serves_every_dashboard_panel_and_a_replay_rebuilds_the_same_st
     let rebuilt_tables = table_rows(&gen2.keyspace).await;
     let rebuilt_lake = lake_records(&gen2.lake);
     println!(
-        "live: {events} events in {live_secs:.1} s ({:.0} ev/s, producer-paced); replay: {replay_secs:.1} s ({:.0} ev/s)",
-        events as f64 / live_secs,
-        events as f64 / replay_secs
+        "live: {raw_events} raw records in {live_secs:.1} s ({:.0} rec/s, paced by the producer); \
+         replay: {replay_secs:.1} s ({:.0} rec/s, the whole pipeline from the raw topic)",
+        raw_events as f64 / live_secs,
+        raw_events as f64 / replay_secs
     );
     for (table, rows) in &original_tables {
         let other = &rebuilt_tables[table];
@@ -432,7 +570,7 @@ async fn pipeline_serves_every_dashboard_panel_and_a_replay_rebuilds_the_same_st
         );
         println!("table {table}: {} rows, rebuilt equal", rows.len());
     }
-    let strip = |lake: &BTreeMap<String, BTreeSet<String>>, p: &str| {
+    let strip = |lake: &BTreeMap<String, BTreeMap<String, usize>>, p: &str| {
         lake.iter()
             .map(|(k, v)| (k.replace(p, ""), v.clone()))
             .collect::<BTreeMap<_, _>>()
@@ -448,8 +586,10 @@ async fn pipeline_serves_every_dashboard_panel_and_a_replay_rebuilds_the_same_st
             b.get(topic),
             "lake {topic}: {} rows originally, {:?} rebuilt",
             rows.len(),
-            b.get(topic).map(BTreeSet::len)
+            b.get(topic).map(BTreeMap::len)
         );
+        let dup = rows.values().filter(|n| **n > 1).count();
+        assert_eq!(dup, 0, "lake {topic}: {dup} rows written more than once");
         println!("lake {topic}: {} rows, rebuilt equal", rows.len());
     }
 
