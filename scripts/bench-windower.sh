@@ -12,7 +12,7 @@
 #
 # The events come from a generated REES46-style CSV (uniform product ids, event time advancing
 # evenly over 2 x SIZE), replayed by cartstream-producer and run through the cleaner and enricher
-# once (not measured). The windower's rate is input events over the time from its first consumed
+# once (not measured); BENCH_PREFIX=<namespace of an earlier run> reuses its data. The windower's rate is input events over the time from its first consumed
 # event until its second stage has consumed every partial the first one wrote.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -20,7 +20,7 @@ N=${1:-400000}
 PRODUCTS=${2:-120000}
 SIZE=${3:-600}
 SLIDE_SMALL=$((SIZE / 60))
-PREFIX=bench-win-$(date +%s).
+PREFIX=${BENCH_PREFIX:-bench-win-$(date +%s).}
 bin=./target/release
 export RUST_LOG=warn
 tmp=$(mktemp -d)
@@ -30,6 +30,7 @@ trap '[[ -n $CHILD ]] && kill -TERM $CHILD 2>/dev/null || true; rm -rf "$tmp"' E
 cargo build --release --quiet -p cartstream-processors -p cartstream-admin -p cartstream-producer --bins
 bash scripts/stack.sh up >/dev/null
 
+if [[ -z ${BENCH_PREFIX:-} ]]; then
 echo "data: $N events over $PRODUCTS products, event time spread over $((2 * SIZE)) s, namespace $PREFIX"
 awk -v n="$N" -v p="$PRODUCTS" -v span=$((2 * SIZE)) 'BEGIN {
   srand(42);
@@ -46,6 +47,8 @@ awk -v n="$N" -v p="$PRODUCTS" -v span=$((2 * SIZE)) 'BEGIN {
 $bin/cartstream-admin --topic-prefix "$PREFIX" bootstrap --partitions 6 >/dev/null
 $bin/cartstream-producer replay --file "$tmp/events.csv" --topic-prefix "$PREFIX" --metrics-addr off \
   --progress off >/dev/null
+
+fi
 
 metric() { # port name [label filter] -> value summed over matching label sets
   { curl -fsS "http://127.0.0.1:$1/metrics" 2>/dev/null || true; } |
@@ -72,6 +75,7 @@ wait_consumed() { # port want [stage]
   done
 }
 
+if [[ -z ${BENCH_PREFIX:-} ]]; then
 # Prepare the enriched topic (not measured).
 raw=$(count "${PREFIX}purchases.raw")
 start cleaner -- $bin/cartstream-cleaner --instance-id bench
@@ -79,6 +83,7 @@ wait_consumed $MPORT "$raw"; stop
 clean=$(count "${PREFIX}purchases.clean")
 start enricher -- $bin/cartstream-enricher --instance-id bench
 wait_consumed $MPORT "$clean"; stop
+fi
 enriched=$(count "${PREFIX}purchases.enriched")
 echo "enriched events: $enriched"
 printf '%-26s %10s %8s %16s %12s %10s  %s\n' run "events/s" "x pass" "window results" "peak RSS MB" "seconds" "load (1/5/15 min)"
@@ -90,7 +95,7 @@ row() { # name rate base results rss secs
 
 # Passthrough of the enriched topic.
 start passthrough -- $bin/cartstream-passthrough --from purchases.enriched --to alerts.raised \
-  --group "${PREFIX}bench-pass" --instance-id bench
+  --group "${PREFIX}bench-pass-$RANDOM" --instance-id bench
 until (($(metric $MPORT cartstream_processor_consumed_total) > 0)); do sleep 0.05; done
 t0=$(date +%s.%N); first=$(metric $MPORT cartstream_processor_consumed_total)
 wait_consumed $MPORT "$enriched"
@@ -101,7 +106,7 @@ row passthrough "$PASS" "$PASS" - "$rss" "$(awk -v a="$t0" -v b="$t1" 'BEGIN { p
 
 declare -A RATE
 windower() { # name slide_secs
-  local name=$1 slide=$2 group="${PREFIX}bench-$1"
+  local name=$1 slide=$2 group="${PREFIX}bench-$1-$RANDOM"
   start "$name" -- $bin/cartstream-windower --group "$group" --instance-id bench --window-size "${SIZE}s" \
     --window-slide "${slide}s" --grace 10s --idle-timeout 2s
   until (($(metric $MPORT cartstream_processor_consumed_total 'stage="windower-pre"') > 0)); do sleep 0.05; done
