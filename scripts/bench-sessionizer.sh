@@ -45,7 +45,7 @@ quantile() { # port q -> upper bound of the bucket holding quantile q of cartstr
 load() { awk '{print $1}' /proc/loadavg; }
 
 declare -A RATE
-PORT=9490
+PORT=${BENCH_PORT:-9590}
 CHILD=
 trap '[[ -n $CHILD ]] && kill -TERM $CHILD 2>/dev/null || true' EXIT
 # run NAME WANT -- CMD...: runs CMD (exactly-once) until it consumed WANT records; prints a row.
