@@ -77,12 +77,12 @@ async fn both_sinks_hold_the_ground_truth_after_kills() {
     let kafka = kit::kafka();
     let registry = kit::registry();
     kit::require("the CQL database", &kit::scylla_uri());
-    let prefix = kit::unique("pipe");
+    let prefix = kit::unique("sinkpipe");
     let names = TopicNames::with_prefix(&prefix);
     cartstream_admin::bootstrap(&kafka, &registry, &names, 3, 1)
         .await
         .unwrap();
-    let ks = kit::unique_ident("pipe");
+    let ks = kit::unique_ident("sinkpipe");
     let mut cargs = CqlArgs::local(&ks);
     cargs.uri = kit::scylla_uri();
     let session = cargs.connect().await.unwrap();
