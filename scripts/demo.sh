@@ -1,61 +1,126 @@
 #!/usr/bin/env bash
-# `make demo`: the pipeline end to end on the local stack. Starts the stack if it is not running,
-# creates topics, schemas and tables, starts the cleaner and enricher, simulates shoppers (with
-# duplicates and malformed records), reads the results back through the schema
-# registry and prints a summary with where to look next. The stack and the services keep running
-# (`make down` stops them).
+# `make demo`: the whole pipeline end to end on the local stack. Starts the stack if it is not
+# running (installing it on first use), builds the binaries, creates topics, schemas and tables,
+# starts every service (scripts/pipeline.sh), simulates shoppers for a few minutes with a trend burst,
+# duplicates, late and malformed records, then prints what came out and where to look. The stack and
+# the services keep running until `make down`. Each run starts over (the previous demo's topics, lake
+# and models are deleted first; the CQL tables keep their rows: upserts by natural key).
+#
+# Settings: DEMO_SECS (wall seconds of live simulation, default 120), DEMO_RATE (events/s, default
+# 400), DEMO_SPEED (simulated seconds per wall second, default 60: 120 s = 2 simulated hours). Before
+# it, 8 simulated hours of history in 30 s, so windows have baselines and the model has data.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-EVENTS=${DEMO_EVENTS:-5000}
-RATE=${DEMO_RATE:-2500}
+SECS=${DEMO_SECS:-120}
+RATE=${DEMO_RATE:-400}
+SPEED=${DEMO_SPEED:-60}
+BIN=./target/debug
+PROM=http://127.0.0.1:9090
 started=$SECONDS
 
-step() { printf '\n==> %s\n' "$*"; }
+step() { printf '\n==> [%3d s] %s\n' $((SECONDS - started)) "$*"; }
+prom() { # instant query, printed as "label value" lines
+  curl -fsS --max-time 5 "$PROM/api/v1/query" --data-urlencode "query=$1" 2>/dev/null \
+    | python3 -c 'import json, sys
+label = sys.argv[1]
+for r in json.load(sys.stdin)["data"]["result"]:
+    name = r["metric"].get(label, "total")
+    print("    %-34s %14s" % (name, format(float(r["value"][1]), ",.2f")))' "${2:-}" || true
+}
+metric() { # port regex -> sum of the matching samples
+  curl -fsS --max-time 2 "http://127.0.0.1:$1/metrics" 2>/dev/null | awk -v re="$2" '$0 ~ re {s += $NF} END {printf "%d", s}'
+}
+port() { bash scripts/pipeline.sh port "$1"; }
+now_ms() { python3 -c 'import time; print(int(time.time() * 1000))'; }
 
 step "local stack (installs what is missing on first run)"
 bash scripts/stack.sh up
 
-step "building cartstream"
+step "building cartstream (first build takes a few minutes)"
 cargo build --workspace --bins --quiet
 
-bin=./target/debug
-step "topics and schemas"
-$bin/cartstream-admin bootstrap
-step "CQL tables"
-$bin/cartstream-scylla-sink migrate
+step "starting over: the previous demo's services, topics, lake and models (other data of the stack stays)"
+# Event times are simulated in the recent past: a second run on top of the first would be one big
+# late arrival. Only the main namespace's topics go (catalog topics and the services' internal ones).
+bash scripts/pipeline.sh stop >/dev/null
+bash scripts/services.sh stop producer >/dev/null
+kt() { bash scripts/stack.sh kafka-tool org.apache.kafka.tools.TopicCommand --bootstrap-server 127.0.0.1:9092 "$@"; }
+ours='^(purchases\.[a-z]+|catalog\.(products|users)|kpi\.windows|sessions\.closed|alerts\.raised|cartstream-.*)$'
+if kt --list | grep -qE "$ours"; then
+  kt --delete --topic "$(kt --list | grep -E "$ours" | paste -sd'|')" >/dev/null 2>&1 || true
+  for _ in $(seq 60); do kt --list | grep -qE "$ours" || break; sleep 1; done
+fi
+rm -rf .stack/lake .stack/models
 
-step "starting the cleaner and the enricher (exactly-once processors)"
-bash scripts/services.sh start cleaner 9201 -- $bin/cartstream-cleaner --instance-id demo-0
-bash scripts/services.sh start enricher 9202 -- $bin/cartstream-enricher --instance-id demo-0
+step "topics, schemas, CQL tables and every service"
+MODEL_PERIOD_MS=60000 bash scripts/pipeline.sh start
 
-step "simulating shoppers: $EVENTS events at $RATE/s, with 2% duplicates and 1% malformed records"
-$bin/cartstream-producer --count "$EVENTS" --rate "$RATE" --products 2000 --users 5000 \
-  --duplicate-ratio 0.02 --malformed-ratio 0.01 --metrics-addr off --progress lines
+HISTORY_SECS=30 HISTORY_HOURS=8
+step "history: $HISTORY_HOURS hours of shop time in $HISTORY_SECS s (what the windows, baselines and the model start from)"
+"$BIN/cartstream-producer" simulate --start-time $(($(now_ms) - (HISTORY_HOURS * 3600 + SECS * SPEED) * 1000)) \
+  --speed $((HISTORY_HOURS * 3600 / HISTORY_SECS)) --duration-secs "$HISTORY_SECS" --rate 1500 \
+  --products 2000 --users 5000 --duplicate-ratio 0.02 --malformed-ratio 0.01 --metrics-addr off --progress off | tail -1
 
-step "waiting for the processors to catch up"
-lag() { curl -fsS "http://127.0.0.1:$1/metrics" | awk '/^cartstream_processor_consumer_lag_records/ {s += $2} END {print s + 0}'; }
-sleep 6   # lag is reported every 5 s
-for _ in $(seq 60); do
-  [[ $(lag 9201) == 0 && $(lag 9202) == 0 ]] && break
-  sleep 1
+step "live: $((SECS * SPEED / 60)) minutes of shop time in $SECS s at $RATE events/s: a trend on kids.toys, 2% duplicates, 1% late, 1% malformed"
+bash scripts/services.sh start producer 9209 -- "$BIN/cartstream-producer" simulate \
+  --start-time $(($(now_ms) - SECS * SPEED * 1000)) --speed "$SPEED" \
+  --duration-secs "$SECS" --rate "$RATE" --products 2000 --users 5000 --skip-dimensions \
+  --trend-at +40m --trend-category kids.toys --trend-for 20m \
+  --duplicate-ratio 0.02 --late-ratio 0.01 --malformed-ratio 0.01 --progress off >/dev/null
+pid=$(<.stack/services/producer.pid)
+while kill -0 "$pid" 2>/dev/null; do
+  sleep 15
+  kill -0 "$pid" 2>/dev/null || break
+  printf '    %3d s: sent %s events, enriched %s, final windows %s, sessions %s, alerts %s\n' $((SECONDS - started)) \
+    "$(metric 9209 '^cartstream_producer_events_sent_total')" \
+    "$(metric "$(port enricher)" '^cartstream_processor_produced_total.*output="data"')" \
+    "$(metric "$(port windower)" '^cartstream_windower_windows_emitted_total.*final')" \
+    "$(metric "$(port sessionizer)" '^cartstream_sessionizer_sessions_closed_total')" \
+    "$(metric "$(port detector)" '^cartstream_detector_alerts_total')"
 done
 
-step "what went through (read back through the schema registry)"
-$bin/cartstream-admin inspect --topic purchases.raw
-$bin/cartstream-admin inspect --topic purchases.enriched --samples 1
-$bin/cartstream-admin inspect --topic purchases.dlq
-curl -fsS http://127.0.0.1:9201/metrics | grep -E '^cartstream_processor_(consumed|deduplicated|dead_lettered)_total' || true
+step "waiting for every consumer to catch up"
+bash scripts/pipeline.sh wait || true
+sleep 6 # one more Prometheus scrape
+
+step "what went through"
+"$BIN/cartstream-admin" inspect --topic purchases.raw | sed -n '1p;/per event type/,$p'
+"$BIN/cartstream-admin" inspect --topic purchases.dlq | sed -n '1p;/dead letters by reason/p'
+"$BIN/cartstream-admin" inspect --topic purchases.late | sed -n '1p'
+echo "  KPIs of final 1-minute windows (event time), all windows so far:"
+prom 'sum by (event_type) (cartstream_kpi_events_total)' event_type
+prom 'sum by (currency) (cartstream_kpi_revenue_total)' currency
+echo "  top categories by purchases:"
+prom 'topk(5, sum by (category) (cartstream_kpi_category_purchases_total))' category
+echo "  top products of the latest window:"
+prom 'max by (product) (cartstream_kpi_top_product_purchases)' product
+echo "  alerts by type:"
+prom 'sum by (alert_type) (cartstream_detector_alerts_total)' alert_type
+echo "  trend alerts:"
+"$BIN/cartstream-admin" inspect --topic alerts.raised --samples 1000 | grep '"alert_type":"trend"' \
+  | python3 -c 'import json, sys
+for line in sys.stdin:
+    a = json.loads(line)
+    print("    %-8s %-40s observed %5.0f  baseline %6.1f  threshold %6.1f" % (a["severity"], a["subject_kind"] + " " + a["subject_id"], a["observed"], a["baseline"], a["threshold"]))' | head -10
+echo "  forecast (model service):"
+model_port=$(port model-api)
+curl -fsS --max-time 5 "http://127.0.0.1:$model_port/v1/model" 2>/dev/null | cut -c1-300 || echo "    (no model yet)"
+echo
+curl -fsS --max-time 5 "http://127.0.0.1:$model_port/v1/forecast?category=kids.toys&horizon=3" 2>/dev/null | cut -c1-300 || true
+echo
+lake=.stack/lake
+echo "  Parquet lake: $(find "$lake" -name '*.parquet' 2>/dev/null | wc -l) files, $(du -sh "$lake" 2>/dev/null | cut -f1) in $lake"
 
 cat <<MSG
 
-==> done in $((SECONDS - started)) s. Where to look:
-  topics and schemas   $bin/cartstream-admin topics
-  any topic            $bin/cartstream-admin inspect --topic catalog.products --samples 3
-  registry (Confluent) http://127.0.0.1:8081/apis/ccompat/v7/subjects
-  services             bash scripts/services.sh status   (logs in .stack/services/)
-  processor metrics    http://127.0.0.1:9201/metrics (cleaner), http://127.0.0.1:9202/metrics (enricher)
-  Prometheus           http://127.0.0.1:9090  (scrapes the services; try cartstream_processor_consumed_total)
-  CQL tables           keyspace cartstream on 127.0.0.1:9042
-  Kafka CLI tools      bash scripts/stack.sh kafka-tool org.apache.kafka.tools.TopicCommand --bootstrap-server 127.0.0.1:9092 --describe
-  stack health         make status        stop everything: make down
+==> done in $((SECONDS - started)) s. Everything keeps running; where to look:
+  Prometheus           $PROM  (alerts: $PROM/alerts; try cartstream_kpi_events_total)
+  dashboards           grafana/dashboards/*.json (Grafana runs with docker compose: http://127.0.0.1:3000)
+  services             bash scripts/services.sh status   (logs in .stack/services/, metrics on ports 9201-9208)
+  forecasts            http://127.0.0.1:$model_port/v1/forecast?category=kids.toys&horizon=6
+  CQL tables           keyspace cartstream on 127.0.0.1:9042 (kpi_by_dimension, events_by_user, sessions_by_user, alerts_by_day)
+  Parquet lake         $lake   (compact closed hours: $BIN/cartstream-lake-sink --lake-url $lake compact)
+  any topic            $BIN/cartstream-admin inspect --topic kpi.windows --samples 3
+  rebuild everything   make replay GEN=g2
+  stop everything      make down
 MSG

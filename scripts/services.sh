@@ -35,7 +35,7 @@ write_targets() { # every service with a metrics port, as Prometheus file_sd JSO
       first=0
       printf '{"targets":["127.0.0.1:%s"],"labels":{"job":"cartstream-%s","service":"%s"}}' "$(<"$f")" "$name" "$name"
     done
-    printf ']\n'; } > "$TARGETS.tmp" && mv "$TARGETS.tmp" "$TARGETS"
+    printf ']\n'; } > "$TARGETS.$$.tmp" && mv -f "$TARGETS.$$.tmp" "$TARGETS"
 }
 
 case ${1:-} in
