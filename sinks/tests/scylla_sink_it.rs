@@ -10,9 +10,10 @@
 //! processors are being written at the same time); the events are the same records the enricher
 //! writes.
 //!
-//! `CARTSTREAM_SINK_OUTAGE_IT=1` also runs `the_database_gone_for_30s_loses_nothing`, which stops
-//! the stack's Cassandra for 30 s mid-run (`scripts/stack.sh stop/start cassandra`): slow (about
-//! 2 minutes with the restart) and it disturbs other users of the database, so not by default.
+//! `the_database_gone_for_30s_loses_nothing` stops the stack's Cassandra for 30 s mid-run
+//! (`scripts/stack.sh stop/start cassandra`): slow (about 70 s with the restart) and it disturbs
+//! other users of the database, so it is ignored by default; run it with
+//! `cargo test -p cartstream-sinks --test scylla_sink_it -- --ignored the_database_gone`.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
@@ -371,10 +372,8 @@ async fn tables_hold_exactly_the_expected_rows_through_kill_9() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "stops the stack's Cassandra for 30 s, disturbing the other tests that use it: run alone with \
+            cargo test -p cartstream-sinks --test scylla_sink_it -- --ignored the_database_gone"]
 async fn the_database_gone_for_30s_loses_nothing() {
-    if std::env::var_os("CARTSTREAM_SINK_OUTAGE_IT").is_none() {
-        eprintln!("skipped: set CARTSTREAM_SINK_OUTAGE_IT=1 to stop Cassandra for 30 s mid-run");
-        return;
-    }
     chaos(20_000, 1, true, "outage").await;
 }
