@@ -12,7 +12,7 @@ use cartstream_kafka::{KafkaArgs, Topic, TopicNames};
 use cartstream_model_service::monitor::Engine;
 use cartstream_model_service::registry::ModelRegistry;
 use cartstream_model_service::series::{Aggregator, History};
-use cartstream_model_service::service::{self, CqlArgs, EngineLoop, ModelArgs, Shared};
+use cartstream_model_service::service::{self, EngineLoop, ForecastStoreArgs, ModelArgs, Shared};
 use cartstream_model_service::synth::Synth;
 use cartstream_model_service::{api, telemetry};
 use cartstream_runtime::ServiceArgs;
@@ -57,7 +57,7 @@ struct RunArgs {
     #[command(flatten)]
     model: ModelArgs,
     #[command(flatten)]
-    cql: CqlArgs,
+    cql: ForecastStoreArgs,
     /// Address of the forecast API.
     #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:8088")]
     http_addr: String,

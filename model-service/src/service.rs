@@ -23,7 +23,6 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use scylla::client::session::Session;
-use scylla::client::session_builder::SessionBuilder;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::CqlTimestamp;
 use tokio::sync::{oneshot, watch};
@@ -130,32 +129,12 @@ impl ModelArgs {
     }
 }
 
-/// Where forecasts are written (the keyspace made by `cartstream-scylla-sink migrate`).
-#[derive(Clone, clap::Args)]
-pub struct CqlArgs {
-    /// Contact points, comma-separated host:port.
-    #[arg(
-        long = "scylla-uri",
-        env = "SCYLLA_URI",
-        default_value = "127.0.0.1:9042"
-    )]
-    pub scylla_uri: String,
-    /// Keyspace holding forecasts_by_category.
-    #[arg(
-        long = "scylla-keyspace",
-        env = "SCYLLA_KEYSPACE",
-        default_value = "cartstream"
-    )]
-    pub scylla_keyspace: String,
-    #[arg(long = "scylla-username", env = "SCYLLA_USERNAME")]
-    pub scylla_username: Option<String>,
-    /// Password (prefer the environment variable).
-    #[arg(
-        long = "scylla-password",
-        env = "SCYLLA_PASSWORD",
-        hide_env_values = true
-    )]
-    pub scylla_password: Option<String>,
+/// Where forecasts are written (the keyspace made by `cartstream-scylla-sink migrate`): the sinks'
+/// connection flags (`--scylla-uri`, `--scylla-keyspace`, credentials) and the forecast rows' own.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ForecastStoreArgs {
+    #[command(flatten)]
+    pub cql: cartstream_sinks::cql::CqlArgs,
     /// Write forecasts to forecasts_by_category (false: API and gauges only).
     #[arg(long, env = "WRITE_FORECASTS", default_value_t = true, action = clap::ArgAction::Set)]
     pub write_forecasts: bool,
@@ -164,49 +143,10 @@ pub struct CqlArgs {
     pub forecast_ttl_secs: i32,
 }
 
-impl std::fmt::Debug for CqlArgs {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CqlArgs")
-            .field("uri", &self.scylla_uri)
-            .field("keyspace", &self.scylla_keyspace)
-            .field("username", &self.scylla_username)
-            .field(
-                "password",
-                &self.scylla_password.as_ref().map(|_| "<redacted>"),
-            )
-            .field("write_forecasts", &self.write_forecasts)
-            .finish()
-    }
-}
-
-impl CqlArgs {
+impl ForecastStoreArgs {
     pub async fn connect(&self) -> anyhow::Result<(Arc<Session>, PreparedStatement)> {
-        let ks = &self.scylla_keyspace;
-        let ok = !ks.is_empty()
-            && ks.len() <= 48
-            && ks.starts_with(|c: char| c.is_ascii_lowercase())
-            && ks
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-        if !ok {
-            anyhow::bail!(
-                "keyspace {ks:?} must be 1-48 characters of [a-z0-9_], starting with a letter"
-            );
-        }
-        let mut b = SessionBuilder::new()
-            .known_nodes(
-                self.scylla_uri
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty()),
-            )
-            .connection_timeout(Duration::from_secs(10));
-        if let Some(user) = &self.scylla_username {
-            b = b.user(user, self.scylla_password.clone().unwrap_or_default());
-        }
-        let session = b.build().await.with_context(|| {
-            format!("cannot connect to the CQL database at {}", self.scylla_uri)
-        })?;
+        let session = self.cql.connect().await?;
+        let ks = &self.cql.keyspace;
         let insert = session
             .prepare(insert_forecast_cql(ks))
             .await

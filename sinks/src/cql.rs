@@ -26,6 +26,7 @@ pub const MIGRATIONS: &[(&str, &str)] = &[(
 pub struct CqlArgs {
     /// Contact points, comma-separated host:port.
     #[arg(
+        id = "scylla_uri",
         long = "scylla-uri",
         env = "SCYLLA_URI",
         default_value = "127.0.0.1:9042"
@@ -33,16 +34,22 @@ pub struct CqlArgs {
     pub uri: String,
     /// Keyspace of the cartstream tables.
     #[arg(
+        id = "scylla_keyspace",
         long = "scylla-keyspace",
         env = "SCYLLA_KEYSPACE",
         default_value = "cartstream"
     )]
     pub keyspace: String,
     /// User name, for a cluster with password authentication.
-    #[arg(long = "scylla-username", env = "SCYLLA_USERNAME")]
+    #[arg(
+        id = "scylla_username",
+        long = "scylla-username",
+        env = "SCYLLA_USERNAME"
+    )]
     pub username: Option<String>,
     /// Password (prefer the environment variable).
     #[arg(
+        id = "scylla_password",
         long = "scylla-password",
         env = "SCYLLA_PASSWORD",
         hide_env_values = true
@@ -50,6 +57,7 @@ pub struct CqlArgs {
     pub password: Option<String>,
     /// Replication of the keyspace when the migration creates it, as a CQL map.
     #[arg(
+        id = "scylla_replication",
         long = "scylla-replication",
         env = "SCYLLA_REPLICATION",
         default_value = "{'class': 'SimpleStrategy', 'replication_factor': 1}"
