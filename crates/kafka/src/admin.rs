@@ -148,6 +148,25 @@ async fn correct_configs(
 }
 
 /// Partition count of every topic of the cluster.
+/// Partitions of an input topic, for internal topics co-partitioned with it (changelogs,
+/// repartitions); a missing input is a clear error.
+pub fn input_partitions(admin: &Admin, input: &str) -> anyhow::Result<i32> {
+    let counts = partition_counts(admin, Duration::from_secs(30))?;
+    counts.get(input).copied().ok_or_else(|| {
+        anyhow::anyhow!("input topic {input} does not exist: run cartstream-admin bootstrap")
+    })
+}
+
+/// Replication factor of internal topics: the broker count, at most 3.
+pub fn internal_replication(admin: &Admin) -> anyhow::Result<i32> {
+    let brokers = admin
+        .inner()
+        .fetch_metadata(None, Duration::from_secs(10))?
+        .brokers()
+        .len();
+    Ok(i32::try_from(brokers.min(3))?)
+}
+
 pub fn partition_counts(admin: &Admin, timeout: Duration) -> anyhow::Result<HashMap<String, i32>> {
     let md = admin.inner().fetch_metadata(None, timeout).map_err(|e| {
         admin

@@ -12,7 +12,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use cartstream_events::types::{CleanEvent, RawEvent};
 use cartstream_events::{wire, Decoder, Encoder, Registry};
 use cartstream_kafka::admin::{self, TopicSpec};
@@ -162,21 +161,11 @@ async fn ensure_changelog(
     horizon_ms: i64,
 ) -> anyhow::Result<()> {
     let client = admin::admin_client(&kafka.admin()?)?;
-    let counts = admin::partition_counts(&client, Duration::from_secs(30))?;
-    let partitions = *counts.get(input).with_context(|| {
-        format!("input topic {input} does not exist: run cartstream-admin bootstrap")
-    })?;
+    let partitions = admin::input_partitions(&client, input)?;
     let spec = TopicSpec {
         name: changelog.to_string(),
         partitions,
-        replication: i32::try_from(
-            client
-                .inner()
-                .fetch_metadata(None, Duration::from_secs(10))?
-                .brokers()
-                .len()
-                .min(3),
-        )?,
+        replication: admin::internal_replication(&client)?,
         configs: vec![
             ("cleanup.policy", "compact,delete".to_string()),
             ("retention.ms", (horizon_ms + 3_600_000).to_string()),

@@ -627,14 +627,7 @@ async fn ensure_topics(
         })
     };
     let (kpi_n, enriched_n) = (count(kpi)?, count(enriched)?);
-    let replication = i32::try_from(
-        client
-            .inner()
-            .fetch_metadata(None, Duration::from_secs(10))?
-            .brokers()
-            .len()
-            .min(3),
-    )?;
+    let replication = admin::internal_replication(&client)?;
     let week = (7 * 24 * 3_600_000_i64).to_string();
     let specs = [
         TopicSpec {

@@ -28,7 +28,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use cartstream_events::types::Session;
 use cartstream_events::{wire, Decoder, Encoder, Registry};
 use cartstream_kafka::admin::{self, TopicSpec};
@@ -326,21 +325,11 @@ async fn main() -> ExitCode {
 /// Creates the changelog topic with as many partitions as the input (co-partitioned).
 async fn ensure_changelog(kafka: &KafkaArgs, input: &str, changelog: &str) -> anyhow::Result<()> {
     let client = admin::admin_client(&kafka.admin()?)?;
-    let counts = admin::partition_counts(&client, Duration::from_secs(30))?;
-    let partitions = *counts.get(input).with_context(|| {
-        format!("input topic {input} does not exist: run cartstream-admin bootstrap")
-    })?;
+    let partitions = admin::input_partitions(&client, input)?;
     let spec = TopicSpec {
         name: changelog.to_string(),
         partitions,
-        replication: i32::try_from(
-            client
-                .inner()
-                .fetch_metadata(None, Duration::from_secs(10))?
-                .brokers()
-                .len()
-                .min(3),
-        )?,
+        replication: admin::internal_replication(&client)?,
         // Compacted; keys untouched for a week (wall clock) expire, like the input topic.
         configs: vec![
             ("cleanup.policy", "compact,delete".to_string()),

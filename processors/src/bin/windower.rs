@@ -755,18 +755,8 @@ async fn ensure_internal(
     changelogs: &[&str],
 ) -> anyhow::Result<i32> {
     let client = admin::admin_client(&kafka.admin()?)?;
-    let counts = admin::partition_counts(&client, Duration::from_secs(30))?;
-    let partitions = *counts.get(input).with_context(|| {
-        format!("input topic {input} does not exist: run cartstream-admin bootstrap")
-    })?;
-    let replication = i32::try_from(
-        client
-            .inner()
-            .fetch_metadata(None, Duration::from_secs(10))?
-            .brokers()
-            .len()
-            .min(3),
-    )?;
+    let partitions = admin::input_partitions(&client, input)?;
+    let replication = admin::internal_replication(&client)?;
     let mut specs = vec![TopicSpec {
         name: repartition.to_string(),
         partitions,
