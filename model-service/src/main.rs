@@ -1,6 +1,7 @@
 //! `cartstream-model-service`: demand forecasts per category that watch their accuracy and input
 //! drift and retrain themselves. `run` is the service; `train`, `models` and `rollback` work on
-//! the model registry offline. See model-service/README.md.
+//! the model registry offline; `backtest` judges the model against the baselines on a history
+//! (kpi.windows or synthetic) at several origins. See model-service/README.md.
 
 use std::process::ExitCode;
 use std::sync::{mpsc, Arc};
@@ -13,7 +14,8 @@ use cartstream_model_service::monitor::Engine;
 use cartstream_model_service::registry::ModelRegistry;
 use cartstream_model_service::series::{Aggregator, History};
 use cartstream_model_service::service::{self, EngineLoop, ForecastStoreArgs, ModelArgs, Shared};
-use cartstream_model_service::synth::Synth;
+use cartstream_model_service::model::{self, Family};
+use cartstream_model_service::synth::{Synth, RETAIL_START};
 use cartstream_model_service::{api, telemetry};
 use cartstream_runtime::ServiceArgs;
 use clap::{Parser, Subcommand};
@@ -37,6 +39,10 @@ enum Cmd {
     /// Train once from kpi.windows (read to its end) or synthetic history; store the model and
     /// promote it if it beats seasonal-naive (and the champion by the margin).
     Train(Box<TrainArgs>),
+    /// Rolling-origin backtest over kpi.windows (read to its end) or synthetic history: per target
+    /// and horizon step, the model's MAE next to seasonal-naive's and the moving average's over
+    /// several origins, refitted at each. Stores nothing.
+    Backtest(Box<BacktestArgs>),
     /// List the stored models with their hold-out metrics.
     Models(StoreArgs),
     /// Move the champion pointer back to the previous champion (a running service picks it up
@@ -82,9 +88,65 @@ struct TrainArgs {
     /// Periods of synthetic history.
     #[arg(long, env = "SYNTHETIC_PERIODS", default_value_t = 24 * 365)]
     synthetic_periods: usize,
+    /// Shape of the synthetic history: today (the simulator's: open around the clock, daily and
+    /// weekly seasonality, promotions) or retail (store hours, closed on Saturdays, yearly
+    /// season, Christmas peak).
+    #[arg(long, env = "SYNTHETIC_PROFILE", value_enum, default_value_t = SynthProfile::Today)]
+    synthetic_profile: SynthProfile,
     /// Store the model without promoting it.
     #[arg(long, env = "NO_PROMOTE")]
     no_promote: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum SynthProfile {
+    Today,
+    Retail,
+}
+
+fn synthetic(profile: SynthProfile, categories: usize, periods: usize, period_ms: i64) -> History {
+    match profile {
+        SynthProfile::Today => {
+            let start = 24 * 20_000; // 2024-10-04, a fixed origin keeps runs comparable
+            Synth::new(categories, 7).history(period_ms, start, start + periods as i64)
+        }
+        // 2025-12-01 onwards: a year ends in the run-up to Christmas
+        SynthProfile::Retail => Synth::retail(categories, 7).history(
+            period_ms,
+            RETAIL_START,
+            RETAIL_START + periods as i64,
+        ),
+    }
+}
+
+#[derive(clap::Args)]
+struct BacktestArgs {
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    #[command(flatten)]
+    schema_registry: RegistryArgs,
+    #[command(flatten)]
+    names: TopicNames,
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Backtest synthetic history of this shape instead of kpi.windows.
+    #[arg(long, env = "SYNTHETIC_PROFILE", value_enum)]
+    synthetic: Option<SynthProfile>,
+    /// Categories of synthetic history.
+    #[arg(long, env = "SYNTHETIC_CATEGORIES", default_value_t = 50)]
+    synthetic_categories: usize,
+    /// Periods of synthetic history.
+    #[arg(long, env = "SYNTHETIC_PERIODS", default_value_t = 24 * 365)]
+    synthetic_periods: usize,
+    /// Origins (folds): each evaluates the hold-out (--holdout-periods) ending at its end.
+    #[arg(long, env = "BACKTEST_FOLDS", default_value_t = 4)]
+    folds: usize,
+    /// Periods between the ends of two folds (168: a week).
+    #[arg(long, env = "BACKTEST_FOLD_STEP", default_value_t = 168)]
+    fold_step: usize,
+    /// Backtest every model family, not only --family.
+    #[arg(long, env = "BACKTEST_ALL_FAMILIES")]
+    all_families: bool,
 }
 
 #[derive(clap::Args)]
@@ -100,6 +162,7 @@ async fn main() -> ExitCode {
     cartstream_runtime::exit_code(match cli.command {
         Cmd::Run(a) => run(*a).await,
         Cmd::Train(a) => train(*a).await,
+        Cmd::Backtest(a) => backtest(*a).await,
         Cmd::Models(a) => models(a).await,
         Cmd::Rollback(a) => rollback(a).await,
     })
@@ -195,11 +258,22 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
 async fn train(a: TrainArgs) -> anyhow::Result<()> {
     let cfg = a.model.train_config()?;
     let history = match a.synthetic_categories {
-        Some(n) => {
-            let start = 24 * 20_000; // 2024-10-04, a fixed origin keeps runs comparable
-            Synth::new(n, 7).history(a.model.period_ms, start, start + a.synthetic_periods as i64)
+        Some(n) => synthetic(
+            a.synthetic_profile,
+            n,
+            a.synthetic_periods,
+            a.model.period_ms,
+        ),
+        None => {
+            history_from_topic(
+                &a.kafka,
+                &a.schema_registry,
+                &a.names,
+                &a.model,
+                cfg.history_capacity(),
+            )
+            .await?
         }
-        None => history_from_topic(&a).await?,
     };
     eprintln!(
         "training on {} series x {} periods (horizon {}, hold-out {})",
@@ -209,7 +283,7 @@ async fn train(a: TrainArgs) -> anyhow::Result<()> {
         cfg.holdout_periods
     );
     let registry = ModelRegistry::open(&a.model.model_store)?;
-    let mut engine = Engine::new(cfg, a.model.monitor_config(), a.model.period_ms);
+    let mut engine = Engine::new(cfg.clone(), a.model.monitor_config(), a.model.period_ms);
     for i in 0..history.len {
         let obs = history
             .series
@@ -253,30 +327,88 @@ async fn train(a: TrainArgs) -> anyhow::Result<()> {
     }
     let p = &cand.meta.holdout.purchases;
     let r = &cand.meta.holdout.revenue;
-    println!("version {version}: {}", cand.meta.decision);
+    println!(
+        "version {version} ({}): {}",
+        cfg.family.label(),
+        cand.meta.decision
+    );
+    for r in &cand.meta.reasons {
+        println!("  {r}");
+    }
     println!(
         "training + evaluation: {secs:.2} s ({} rows per fit)",
         cand.meta.rows_per_fit
     );
     for (name, e) in [("purchases", p), ("revenue", r)] {
         println!(
-            "{name:9} hold-out MAE {:.3} sMAPE {:.3} | seasonal-naive MAE {:.3} sMAPE {:.3} | moving-average MAE {:.3} | relative to seasonal-naive {:.3}",
+            "{name:9} hold-out MAE {:.3} WAPE {:.3} sMAPE {:.3} ({} points with sales) | seasonal-naive MAE {:.3} | moving-average MAE {:.3} | relative to seasonal-naive {:.3}, to moving-average {:.3} | interval coverage {:.3} (nominal {:.2})",
             e.mae,
+            e.wape.unwrap_or(f64::NAN),
             e.smape,
+            e.smape_points,
             e.seasonal_naive_mae,
-            e.seasonal_naive_smape,
             e.moving_average_mae,
-            e.relative_to_seasonal_naive.unwrap_or(f64::NAN)
+            e.relative_to_seasonal_naive.unwrap_or(f64::NAN),
+            e.relative_to_moving_average.unwrap_or(f64::NAN),
+            e.coverage.unwrap_or(f64::NAN),
+            e.nominal_coverage
         );
     }
     Ok(())
 }
 
-async fn history_from_topic(a: &TrainArgs) -> anyhow::Result<History> {
-    let topic = a.names.name(Topic::KpiWindows);
-    let config = a
-        .kafka
-        .consumer(&format!("{}cartstream-model-train", a.names.topic_prefix))?;
+async fn backtest(a: BacktestArgs) -> anyhow::Result<()> {
+    let cfg = a.model.train_config()?;
+    let history = match a.synthetic {
+        Some(p) => synthetic(
+            p,
+            a.synthetic_categories,
+            a.synthetic_periods,
+            a.model.period_ms,
+        ),
+        None => {
+            let capacity = cfg.history_capacity() + a.folds.max(1) * a.fold_step;
+            history_from_topic(&a.kafka, &a.schema_registry, &a.names, &a.model, capacity).await?
+        }
+    };
+    let families = if a.all_families {
+        vec![Family::RidgeProfile, Family::RidgeProfileLog, Family::RidgeLags]
+    } else {
+        vec![cfg.family]
+    };
+    for family in families {
+        let cfg = model::TrainConfig {
+            family,
+            ..cfg.clone()
+        };
+        let started = std::time::Instant::now();
+        let b = model::backtest(&history, &cfg, a.folds, a.fold_step)?;
+        println!(
+            "backtest of {} on {} series x {} periods: {} folds of {} hold-out periods, {} periods apart, horizon {} ({:.1} s)",
+            family.label(),
+            history.series.len(),
+            history.len,
+            b.folds.len(),
+            cfg.holdout_periods,
+            a.fold_step,
+            cfg.horizon,
+            started.elapsed().as_secs_f64()
+        );
+        print!("{}", b.table());
+        println!();
+    }
+    Ok(())
+}
+
+async fn history_from_topic(
+    kafka: &KafkaArgs,
+    schema_registry: &RegistryArgs,
+    names: &TopicNames,
+    model: &ModelArgs,
+    capacity: usize,
+) -> anyhow::Result<History> {
+    let topic = names.name(Topic::KpiWindows);
+    let config = kafka.consumer(&format!("{}cartstream-model-train", names.topic_prefix))?;
     let records = tokio::task::spawn_blocking({
         let topic = topic.clone();
         move || {
@@ -288,13 +420,10 @@ async fn history_from_topic(a: &TrainArgs) -> anyhow::Result<History> {
         }
     })
     .await??;
-    let decoder = Decoder::<KpiWindow>::new(a.schema_registry.connect()?);
-    let mut agg = Aggregator::new(a.model.period_ms, a.model.window_size_ms, a.model.products)
+    let decoder = Decoder::<KpiWindow>::new(schema_registry.connect()?);
+    let mut agg = Aggregator::new(model.period_ms, model.window_size_ms, model.products)
         .map_err(|e| anyhow::anyhow!(e))?;
-    let mut h = History::new(
-        a.model.period_ms,
-        a.model.train_config()?.history_capacity(),
-    );
+    let mut h = History::new(model.period_ms, capacity);
     let mut bad = 0usize;
     let mut partitions = std::collections::HashSet::new();
     for m in &records {
@@ -337,15 +466,21 @@ async fn models(a: StoreArgs) -> anyhow::Result<()> {
             " "
         };
         println!(
-            "{mark} {} {:18} trigger {:8} hold-out MAE {:.3} (seasonal-naive {:.3}, relative {:.3}) fingerprint {}",
+            "{mark} {} {:18} trigger {:8} hold-out MAE purchases {:.3} (seasonal-naive {:.3}, relative {:.3}), revenue {:.3} (seasonal-naive {:.3}, relative {:.3}) fingerprint {}",
             m.version,
             m.decision,
             m.trigger,
             m.holdout.purchases.mae,
             m.holdout.purchases.seasonal_naive_mae,
             m.holdout.purchases.relative_to_seasonal_naive.unwrap_or(f64::NAN),
+            m.holdout.revenue.mae,
+            m.holdout.revenue.seasonal_naive_mae,
+            m.holdout.revenue.relative_to_seasonal_naive.unwrap_or(f64::NAN),
             m.data_fingerprint
         );
+        for r in &m.reasons {
+            println!("    {r}");
+        }
     }
     Ok(())
 }

@@ -27,6 +27,51 @@ pub fn smape(actual: &[f64], forecast: &[f64]) -> Option<f64> {
     Some(sum / actual.len() as f64)
 }
 
+/// sMAPE over the points with a non-zero actual, where it means something: at a zero actual
+/// every non-zero forecast scores the maximum 2 whatever its size (0.01 as much as 100), so a
+/// shop's closed hours would dominate it. `None` without such a point.
+pub fn smape_nonzero(actual: &[f64], forecast: &[f64]) -> Option<f64> {
+    if actual.len() != forecast.len() {
+        return None;
+    }
+    let (n, sum) = actual
+        .iter()
+        .zip(forecast)
+        .filter(|(a, _)| **a != 0.0)
+        .fold((0usize, 0.0), |(n, s), (a, f)| (n + 1, s + smape_point(*a, *f)));
+    (n > 0).then(|| sum / n as f64)
+}
+
+/// Weighted absolute percentage error `sum |a - f| / sum |a|`: the MAE relative to the mean
+/// level, defined with zeros among the actuals. `None` when every actual is 0 or the inputs
+/// differ in length.
+pub fn wape(actual: &[f64], forecast: &[f64]) -> Option<f64> {
+    if actual.is_empty() || actual.len() != forecast.len() {
+        return None;
+    }
+    let total: f64 = actual.iter().map(|a| a.abs()).sum();
+    let err: f64 = actual
+        .iter()
+        .zip(forecast)
+        .map(|(a, f)| (a - f).abs())
+        .sum();
+    (total > 0.0).then(|| err / total)
+}
+
+/// Share of the actuals inside `[lower, upper]` (bounds included). `None` for empty or
+/// mismatched inputs.
+pub fn coverage(actual: &[f64], lower: &[f64], upper: &[f64]) -> Option<f64> {
+    if actual.is_empty() || actual.len() != lower.len() || actual.len() != upper.len() {
+        return None;
+    }
+    let inside = actual
+        .iter()
+        .zip(lower.iter().zip(upper))
+        .filter(|(a, (l, u))| *l <= *a && *a <= *u)
+        .count();
+    Some(inside as f64 / actual.len() as f64)
+}
+
 pub fn smape_point(actual: f64, forecast: f64) -> f64 {
     let denom = actual.abs() + forecast.abs();
     if denom == 0.0 {
@@ -121,6 +166,22 @@ mod tests {
         assert!(close(s, (4.0 / 18.0 + 2.0 + 0.0) / 3.0), "{s}");
         assert!(close(smape_point(100.0, 100.0), 0.0));
         assert!(close(smape_point(100.0, 50.0), 100.0 / 150.0));
+    }
+
+    #[test]
+    fn zero_safe_measures_by_hand() {
+        let a = [10.0, 0.0, 0.0, 5.0];
+        let f = [8.0, 1.0, 0.0, 5.0];
+        // only the non-zero actuals: (2*2/18 + 0) / 2
+        assert!(close(smape_nonzero(&a, &f).unwrap(), 4.0 / 18.0 / 2.0));
+        assert_eq!(smape_nonzero(&[0.0, 0.0], &[1.0, 0.0]), None);
+        // (2 + 1 + 0 + 0) / 15
+        assert!(close(wape(&a, &f).unwrap(), 3.0 / 15.0));
+        assert_eq!(wape(&[0.0], &[1.0]), None);
+        // 10 in [9, 11], 0 in [0, 0], 0 not in [1, 2], 5 in [5, 5]
+        let c = coverage(&a, &[9.0, 0.0, 1.0, 5.0], &[11.0, 0.0, 2.0, 5.0]).unwrap();
+        assert!(close(c, 0.75));
+        assert_eq!(coverage(&[], &[], &[]), None);
     }
 
     #[test]

@@ -2,7 +2,18 @@
 //!
 //! The model is *direct multi-step*: for each step `h` in `1..=horizon` and each target
 //! (purchases, revenue) one ridge regression maps the features of [`crate::features`] at origin
-//! `t` to `y[t + h] / scale`. One model serves every series (the scale makes them comparable).
+//! `t` to a transform of `y[t + h] / scale`. One model serves every series (the scale makes them
+//! comparable). Families ([`Family`]):
+//! - `ridge_profile` (the default): the hour-of-week profile of the last four weeks, the week's
+//!   trend and the last day's level against its profile (and their products with the profile,
+//!   so the fit is multiplicative), the year position, lags, rolling means, price and the
+//!   calendar one-hots; target `y / scale`. A *closed slot* (the same hour of the week sold
+//!   nothing in each of the last four weeks: a shop's night or closed day) is forecast as 0 and
+//!   left out of the fit, so an additive fit is not pulled towards "a little at night".
+//! - `ridge_profile_log`: the same with target `log1p(y / scale)` (back-transformed with `expm1`).
+//! - `ridge_lags`: the first model (lags, rolling means, price, hour and day one-hots, no closed
+//!   slots); artefacts stored before families existed read as this family and still serve.
+//!
 //! The fit is smartcore's ridge computation (standardised columns, `(Z'Z + alpha I) w = Z'y`
 //! solved with smartcore's Cholesky) on statistics accumulated in one sparse pass over the rows;
 //! `RidgeRegression::fit` itself materialises `X'` and multiplies generically, which took 270 s
@@ -14,7 +25,8 @@
 //! evaluation; training origins end `horizon` periods before them (no target of training falls in
 //! the hold-out) and reach back at most `train_window` origins. After the evaluation the model is
 //! refitted on the window ending at the last period, so the served model has seen the newest data;
-//! the figures in its metadata are those of the hold-out fit.
+//! the figures in its metadata are those of the hold-out fit. [`backtest`] repeats the hold-out
+//! evaluation at several origins (rolling origin, refitted at each).
 
 use std::time::Instant;
 
@@ -24,7 +36,10 @@ use smartcore::linalg::basic::matrix::DenseMatrix;
 use smartcore::linalg::traits::cholesky::CholeskyDecomposable;
 
 use crate::baselines;
-use crate::features::{self, LOOKBACK, MAX_HORIZON, N_CONTINUOUS, N_FEATURES};
+use crate::features::{
+    self, LAG_CONTINUOUS, LOOKBACK, MAX_HORIZON, N_CONTINUOUS, N_FEATURES, N_LAG_FEATURES,
+    PROFILE_LOOKBACK,
+};
 use crate::metrics;
 use crate::series::{History, SeriesData};
 use crate::synth::mix;
@@ -33,6 +48,9 @@ use crate::synth::mix;
 pub const MIN_TRAIN_ORIGINS: usize = 24;
 /// Bins of the drift reference of each continuous feature.
 pub const PSI_BINS: usize = 10;
+/// Nominal coverage of the prediction intervals (±1.96 residual standard deviations).
+pub const NOMINAL_COVERAGE: f64 = 0.95;
+const Z: f64 = 1.96;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -59,6 +77,105 @@ impl Target {
     }
 }
 
+/// The model family: which features, which target transform, whether closed slots are zeros.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Family {
+    /// The first model: lags, rolling means, price, hour and day one-hots; target y / scale.
+    RidgeLags,
+    /// Hour-of-week profile, trend, level, year position, lags; closed slots 0; target y / scale.
+    #[default]
+    RidgeProfile,
+    /// As ridge-profile with target log1p(y / scale).
+    RidgeProfileLog,
+}
+
+impl Family {
+    pub fn label(self) -> &'static str {
+        match self {
+            Family::RidgeLags => "ridge_lags",
+            Family::RidgeProfile => "ridge_profile",
+            Family::RidgeProfileLog => "ridge_profile_log",
+        }
+    }
+
+    pub fn n_features(self) -> usize {
+        match self {
+            Family::RidgeLags => N_LAG_FEATURES,
+            _ => N_FEATURES,
+        }
+    }
+
+    /// Continuous features (the first ones of the vector), watched for drift.
+    pub fn n_continuous(self) -> usize {
+        match self {
+            Family::RidgeLags => LAG_CONTINUOUS,
+            _ => N_CONTINUOUS,
+        }
+    }
+
+    pub fn feature_names(self) -> Vec<String> {
+        match self {
+            Family::RidgeLags => features::lag_names(),
+            _ => features::names(),
+        }
+    }
+
+    /// Whether closed slots are forecast as 0 and left out of the fit.
+    pub fn closed_slots(self) -> bool {
+        self != Family::RidgeLags
+    }
+
+    fn log(self) -> bool {
+        self == Family::RidgeProfileLog
+    }
+
+    /// The fitted quantity for a value `v` of scale `s`.
+    fn forward(self, v: f64, s: f64) -> f64 {
+        if self.log() {
+            (v / s).max(0.0).ln_1p()
+        } else {
+            v / s
+        }
+    }
+
+    /// A fitted quantity back in raw units (never below 0).
+    fn back(self, z: f64, s: f64) -> f64 {
+        if self.log() {
+            z.exp_m1().max(0.0) * s
+        } else {
+            (z * s).max(0.0)
+        }
+    }
+
+    /// The features of (series, origin `t`, step), `None` when the series has no scale at `t`.
+    /// `buf` has [`Family::n_features`] slots.
+    fn features(
+        self,
+        y: &[f64],
+        price: &[f64],
+        t: usize,
+        stats: &mut Option<features::OriginStats>,
+        step: usize,
+        target_idx: i64,
+        buf: &mut [f64],
+    ) -> Option<f64> {
+        if stats.is_none() {
+            *stats = features::origin_stats(y, price, t);
+        }
+        let o = stats.as_ref()?;
+        match self {
+            Family::RidgeLags => features::write(y, t, step, target_idx, o.scale, o.price, buf),
+            _ => features::write_profile(y, t, step, target_idx, o, buf),
+        }
+        Some(o.scale)
+    }
+}
+
+fn legacy_family() -> Family {
+    Family::RidgeLags
+}
+
 /// `y = coef . x + intercept`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Linear {
@@ -76,7 +193,7 @@ impl Linear {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TargetModel {
     pub steps: Vec<Linear>,
-    /// Standard deviation of the training residuals per step, in scale units (the interval).
+    /// Standard deviation of the training residuals per step, in fitted units (the interval).
     pub resid_std: Vec<f64>,
 }
 
@@ -91,6 +208,9 @@ pub struct Reference {
 /// The artefact.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Model {
+    /// Artefacts stored before families existed are `ridge_lags`.
+    #[serde(default = "legacy_family")]
+    pub family: Family,
     pub horizon: usize,
     pub period_ms: i64,
     pub features: Vec<String>,
@@ -107,6 +227,8 @@ pub struct TrainConfig {
     /// Rows per fit above which origins are sampled (deterministically).
     pub max_rows: usize,
     pub alpha: f64,
+    #[serde(default)]
+    pub family: Family,
 }
 
 impl Default for TrainConfig {
@@ -117,6 +239,7 @@ impl Default for TrainConfig {
             train_window_periods: 24 * 28,
             max_rows: 60_000,
             alpha: 1.0,
+            family: Family::default(),
         }
     }
 }
@@ -127,10 +250,23 @@ impl TrainConfig {
         LOOKBACK + MIN_TRAIN_ORIGINS + self.horizon + self.holdout_periods
     }
 
-    /// History to keep so a training gets its full window.
+    /// History to keep so a training gets its full window (and its oldest origin four weeks of
+    /// profile).
     pub fn history_capacity(&self) -> usize {
-        LOOKBACK + self.train_window_periods + self.horizon + self.holdout_periods + 24
+        PROFILE_LOOKBACK + self.train_window_periods + self.horizon + self.holdout_periods + 24
     }
+}
+
+/// Errors of one horizon step of one target, model and baselines over the same points.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepEval {
+    pub step: usize,
+    pub points: usize,
+    pub mae: f64,
+    pub seasonal_naive_mae: f64,
+    pub moving_average_mae: f64,
+    /// Share of actuals inside the prediction interval.
+    pub coverage: Option<f64>,
 }
 
 /// Errors of one target and its baselines over the same points.
@@ -138,6 +274,8 @@ impl TrainConfig {
 pub struct TargetEval {
     pub points: usize,
     pub mae: f64,
+    /// sMAPE over the points with a non-zero actual only (where it is defined: at a zero actual
+    /// any non-zero forecast scores the maximum, 2, whatever its size); see `smape_points`.
     pub smape: f64,
     pub seasonal_naive_mae: f64,
     pub seasonal_naive_smape: f64,
@@ -146,6 +284,23 @@ pub struct TargetEval {
     /// MAE of the model / MAE of seasonal-naive (below 1: better).
     pub relative_to_seasonal_naive: Option<f64>,
     pub relative_to_moving_average: Option<f64>,
+    /// Points with a non-zero actual (those sMAPE is computed on).
+    #[serde(default)]
+    pub smape_points: usize,
+    /// sum |a - f| / sum a; `None` when nothing was sold.
+    #[serde(default)]
+    pub wape: Option<f64>,
+    #[serde(default)]
+    pub seasonal_naive_wape: Option<f64>,
+    #[serde(default)]
+    pub moving_average_wape: Option<f64>,
+    /// Measured share of actuals inside the prediction intervals, next to `nominal_coverage`.
+    #[serde(default)]
+    pub coverage: Option<f64>,
+    #[serde(default)]
+    pub nominal_coverage: f64,
+    #[serde(default)]
+    pub steps: Vec<StepEval>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -155,6 +310,15 @@ pub struct Evaluation {
     pub to_ms: i64,
     pub purchases: TargetEval,
     pub revenue: TargetEval,
+}
+
+impl Evaluation {
+    pub fn target(&self, t: Target) -> &TargetEval {
+        match t {
+            Target::Purchases => &self.purchases,
+            Target::Revenue => &self.revenue,
+        }
+    }
 }
 
 /// What the registry stores next to the artefact.
@@ -180,6 +344,9 @@ pub struct Metadata {
     pub trigger: String,
     /// What was decided (promoted, rejected_baseline, rejected_no_gain, ...), set by the caller.
     pub decision: String,
+    /// Why it was rejected: one line per target and baseline (or champion) it did not beat.
+    #[serde(default)]
+    pub reasons: Vec<String>,
     /// The champion's figures on the same hold-out, when there was one.
     pub champion_holdout: Option<Evaluation>,
     pub champion_version: Option<String>,
@@ -363,44 +530,87 @@ fn fit(x: &[f64], y: &[f64], p: usize, alpha: f64) -> Result<(Linear, f64), Trai
     m.solve(alpha)
 }
 
+/// Visits the training rows of one target over `origins`: `(series position, origin, step,
+/// features, fitted target)`, sampled down to about `max_rows` origins per step, closed slots
+/// left out. Returns the origins used.
+pub fn for_each_row(
+    h: &History,
+    lo: usize,
+    hi: usize,
+    horizon: usize,
+    max_rows: usize,
+    family: Family,
+    target: Target,
+    mut visit: impl FnMut(usize, usize, usize, &[f64], f64),
+) -> usize {
+    let total = h.series.len() * (hi + 1 - lo);
+    let stride = total.div_ceil(max_rows.max(1)).max(1) as u64;
+    let mut buf = vec![0.0; family.n_features()];
+    let mut rows = 0;
+    for (si, s) in h.series.values().enumerate() {
+        let y = target.values(s);
+        for t in lo..=hi {
+            if stride > 1 && !mix(((si as u64) << 32) ^ t as u64).is_multiple_of(stride) {
+                continue;
+            }
+            let mut stats = None;
+            if features::scale(y, t).is_none() {
+                continue;
+            }
+            rows += 1;
+            for step in 1..=horizon {
+                if family.closed_slots() && features::closed(y, t + step) {
+                    continue;
+                }
+                let Some(scale) = family.features(
+                    y,
+                    &s.price,
+                    t,
+                    &mut stats,
+                    step,
+                    h.index_of(t + step),
+                    &mut buf,
+                ) else {
+                    break;
+                };
+                visit(si, t, step, &buf, family.forward(y[t + step], scale));
+            }
+        }
+    }
+    rows
+}
+
 /// The statistics of every step of one target over `origins`, and (for purchases) the
 /// continuous step-1 features of the drift reference.
 fn accumulate(
     h: &History,
     o: Origins,
-    horizon: usize,
-    max_rows: usize,
+    cfg: &TrainConfig,
     target: Target,
 ) -> (Vec<Moments>, Vec<Vec<f64>>, usize) {
-    let total = h.series.len() * (o.hi + 1 - o.lo);
-    let stride = total.div_ceil(max_rows.max(1)).max(1) as u64;
-    let mut steps = vec![Moments::new(N_FEATURES); horizon];
-    let mut continuous = vec![Vec::new(); N_CONTINUOUS];
-    let mut buf = vec![0.0; N_FEATURES];
-    let mut nz = Vec::with_capacity(N_FEATURES);
-    let mut rows = 0;
-    for (si, s) in h.series.values().enumerate() {
-        let y = target.values(s);
-        for t in o.lo..=o.hi {
-            if stride > 1 && !mix(((si as u64) << 32) ^ t as u64).is_multiple_of(stride) {
-                continue;
-            }
-            let Some(scale) = features::scale(y, t) else {
-                continue;
-            };
-            let p = features::price_ratio(&s.price, t);
-            rows += 1;
-            for (step, m) in steps.iter_mut().enumerate().map(|(i, m)| (i + 1, m)) {
-                features::write(y, t, step, h.index_of(t + step), scale, p, &mut buf);
-                if step == 1 && target == Target::Purchases {
-                    for (j, c) in continuous.iter_mut().enumerate() {
-                        c.push(buf[j]);
-                    }
+    let family = cfg.family;
+    let p = family.n_features();
+    let nc = family.n_continuous();
+    let mut steps = vec![Moments::new(p); cfg.horizon];
+    let mut continuous = vec![Vec::new(); nc];
+    let mut nz = Vec::with_capacity(p);
+    let rows = for_each_row(
+        h,
+        o.lo,
+        o.hi,
+        cfg.horizon,
+        cfg.max_rows,
+        family,
+        target,
+        |_, _, step, x, z| {
+            if step == 1 && target == Target::Purchases {
+                for (j, c) in continuous.iter_mut().enumerate() {
+                    c.push(x[j]);
                 }
-                m.add(&buf, y[t + step] / scale, &mut nz);
             }
-        }
-    }
+            steps[step - 1].add(x, z, &mut nz);
+        },
+    );
     (steps, continuous, rows)
 }
 
@@ -408,9 +618,10 @@ fn fit_all(h: &History, o: Origins, cfg: &TrainConfig) -> Result<(Model, usize),
     let mut targets = Vec::new();
     let mut reference = None;
     let mut n_rows = 0;
+    let family = cfg.family;
     for target in Target::ALL {
-        let (steps, continuous, rows) = accumulate(h, o, cfg.horizon, cfg.max_rows, target);
-        if rows <= N_FEATURES {
+        let (steps, continuous, rows) = accumulate(h, o, cfg, target);
+        if rows <= family.n_features() {
             return Err(TrainError::NoRows);
         }
         n_rows = rows;
@@ -434,7 +645,10 @@ fn fit_all(h: &History, o: Origins, cfg: &TrainConfig) -> Result<(Model, usize),
                 .map(|(c, e)| metrics::bin_shares(c, e))
                 .collect();
             reference = Some(Reference {
-                features: features::CONTINUOUS.iter().map(|s| s.to_string()).collect(),
+                features: features::CONTINUOUS[..family.n_continuous()]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
                 edges,
                 shares,
             });
@@ -445,9 +659,10 @@ fn fit_all(h: &History, o: Origins, cfg: &TrainConfig) -> Result<(Model, usize),
     let purchases = targets.pop().ok_or(TrainError::NoRows)?;
     Ok((
         Model {
+            family,
             horizon: cfg.horizon,
             period_ms: h.period_ms,
-            features: features::names(),
+            features: family.feature_names(),
             purchases,
             revenue,
             reference: reference.ok_or(TrainError::NoRows)?,
@@ -475,6 +690,16 @@ fn fingerprint(h: &History, from: usize, to: usize) -> String {
     format!("{f:016x}")
 }
 
+/// A one-line description of the trainer of `cfg`.
+pub fn trainer(cfg: &TrainConfig) -> String {
+    format!(
+        "{} ridge regression (alpha {}, smartcore Cholesky), direct multi-step, {} features",
+        cfg.family.label(),
+        cfg.alpha,
+        cfg.family.n_features()
+    )
+}
+
 /// Trains on the history, evaluates on the hold-out against the baselines, refits on the newest
 /// window.
 pub fn train(
@@ -497,13 +722,10 @@ pub fn train(
     let meta = Metadata {
         version: String::new(),
         created_at_ms: now_ms,
-        trainer: format!(
-            "ridge regression (alpha {}, smartcore Cholesky), direct multi-step, {} features",
-            cfg.alpha, N_FEATURES
-        ),
+        trainer: trainer(cfg),
         period_ms: h.period_ms,
         horizon: cfg.horizon,
-        features: features::names(),
+        features: model.features.clone(),
         training_from_ms: h.period_start_ms(h.index_of(refit_o.lo + 1)),
         training_to_ms: h.period_start_ms(h.index_of(refit_o.hi + cfg.horizon + 1)),
         series: h.series.len(),
@@ -513,6 +735,7 @@ pub fn train(
         training_seconds: started.elapsed().as_secs_f64(),
         trigger: trigger.to_string(),
         decision: String::new(),
+        reasons: Vec::new(),
         champion_holdout: None,
         champion_version: None,
     };
@@ -530,60 +753,277 @@ pub fn evaluate_holdout(
     Ok(evaluate_origins(model, h, eval_o.lo, eval_o.hi))
 }
 
-fn target_eval(a: &[f64], f: &[f64], sn: &[f64], ma: &[f64]) -> TargetEval {
-    let mae = metrics::mae(a, f).unwrap_or(f64::NAN);
-    let sn_mae = metrics::mae(a, sn).unwrap_or(f64::NAN);
-    let ma_mae = metrics::mae(a, ma).unwrap_or(f64::NAN);
-    TargetEval {
-        points: a.len(),
-        mae,
-        smape: metrics::smape(a, f).unwrap_or(f64::NAN),
-        seasonal_naive_mae: sn_mae,
-        seasonal_naive_smape: metrics::smape(a, sn).unwrap_or(f64::NAN),
-        moving_average_mae: ma_mae,
-        moving_average_smape: metrics::smape(a, ma).unwrap_or(f64::NAN),
-        relative_to_seasonal_naive: metrics::relative(mae, sn_mae),
-        relative_to_moving_average: metrics::relative(mae, ma_mae),
+/// The forecasts, baselines and actuals of one target over a set of origins.
+#[derive(Debug, Clone, Default)]
+pub struct Points {
+    pub step: Vec<usize>,
+    pub actual: Vec<f64>,
+    pub forecast: Vec<f64>,
+    pub lower: Vec<f64>,
+    pub upper: Vec<f64>,
+    pub seasonal_naive: Vec<f64>,
+    pub moving_average: Vec<f64>,
+}
+
+impl Points {
+    pub fn extend(&mut self, o: &Points) {
+        self.step.extend_from_slice(&o.step);
+        self.actual.extend_from_slice(&o.actual);
+        self.forecast.extend_from_slice(&o.forecast);
+        self.lower.extend_from_slice(&o.lower);
+        self.upper.extend_from_slice(&o.upper);
+        self.seasonal_naive.extend_from_slice(&o.seasonal_naive);
+        self.moving_average.extend_from_slice(&o.moving_average);
+    }
+
+    /// The errors of these points, in total and per step `1..=horizon`.
+    pub fn summary(&self, horizon: usize) -> TargetEval {
+        let (a, f, sn, ma) = (
+            &self.actual,
+            &self.forecast,
+            &self.seasonal_naive,
+            &self.moving_average,
+        );
+        let mae = metrics::mae(a, f).unwrap_or(f64::NAN);
+        let sn_mae = metrics::mae(a, sn).unwrap_or(f64::NAN);
+        let ma_mae = metrics::mae(a, ma).unwrap_or(f64::NAN);
+        let steps = (1..=horizon)
+            .map(|step| {
+                let idx: Vec<usize> = (0..a.len()).filter(|&i| self.step[i] == step).collect();
+                let pick = |v: &[f64]| idx.iter().map(|&i| v[i]).collect::<Vec<f64>>();
+                let a = pick(a);
+                StepEval {
+                    step,
+                    points: idx.len(),
+                    mae: metrics::mae(&a, &pick(f)).unwrap_or(f64::NAN),
+                    seasonal_naive_mae: metrics::mae(&a, &pick(sn)).unwrap_or(f64::NAN),
+                    moving_average_mae: metrics::mae(&a, &pick(ma)).unwrap_or(f64::NAN),
+                    coverage: metrics::coverage(&a, &pick(&self.lower), &pick(&self.upper)),
+                }
+            })
+            .collect();
+        TargetEval {
+            points: a.len(),
+            mae,
+            smape: metrics::smape_nonzero(a, f).unwrap_or(f64::NAN),
+            seasonal_naive_mae: sn_mae,
+            seasonal_naive_smape: metrics::smape_nonzero(a, sn).unwrap_or(f64::NAN),
+            moving_average_mae: ma_mae,
+            moving_average_smape: metrics::smape_nonzero(a, ma).unwrap_or(f64::NAN),
+            relative_to_seasonal_naive: metrics::relative(mae, sn_mae),
+            relative_to_moving_average: metrics::relative(mae, ma_mae),
+            smape_points: a.iter().filter(|v| **v != 0.0).count(),
+            wape: metrics::wape(a, f),
+            seasonal_naive_wape: metrics::wape(a, sn),
+            moving_average_wape: metrics::wape(a, ma),
+            coverage: metrics::coverage(a, &self.lower, &self.upper),
+            nominal_coverage: NOMINAL_COVERAGE,
+            steps,
+        }
     }
 }
 
-/// Every step of every series at origins `lo..=hi` (positions), against both baselines.
-pub fn evaluate_origins(model: &Model, h: &History, lo: usize, hi: usize) -> Evaluation {
-    let mut evals = Vec::new();
-    for target in Target::ALL {
-        let (mut a, mut f, mut sn, mut ma) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+/// Every step of every series at origins `lo..=hi` (positions): the actuals, the forecasts of
+/// `forecast(series, target, origin, origin index)` and both baselines.
+pub fn collect(
+    h: &History,
+    lo: usize,
+    hi: usize,
+    horizon: usize,
+    mut forecast: impl FnMut(&SeriesData, Target, usize, i64) -> Vec<Point>,
+) -> [Points; 2] {
+    let mut out = [Points::default(), Points::default()];
+    for (k, target) in Target::ALL.into_iter().enumerate() {
+        let p = &mut out[k];
         for s in h.series.values() {
             let y = target.values(s);
             for t in lo..=hi {
-                let fc = model.forecast_at(s, target, t, h.index_of(t));
-                for step in 1..=model.horizon.min(y.len().saturating_sub(t + 1)) {
+                let fc = forecast(s, target, t, h.index_of(t));
+                for step in 1..=horizon.min(y.len().saturating_sub(t + 1)).min(fc.len()) {
                     let (Some(snv), Some(mav)) = (
                         baselines::seasonal_naive(y, t, step),
                         baselines::moving_average(y, t),
                     ) else {
                         continue;
                     };
-                    a.push(y[t + step]);
-                    f.push(fc[step - 1].value);
-                    sn.push(snv);
-                    ma.push(mav);
+                    let f = fc[step - 1];
+                    p.step.push(step);
+                    p.actual.push(y[t + step]);
+                    p.forecast.push(f.value);
+                    p.lower.push(f.lower);
+                    p.upper.push(f.upper);
+                    p.seasonal_naive.push(snv);
+                    p.moving_average.push(mav);
                 }
             }
         }
-        evals.push(target_eval(&a, &f, &sn, &ma));
     }
-    let revenue = evals
-        .pop()
-        .unwrap_or_else(|| target_eval(&[], &[], &[], &[]));
-    let purchases = evals
-        .pop()
-        .unwrap_or_else(|| target_eval(&[], &[], &[], &[]));
+    out
+}
+
+fn summarize(h: &History, lo: usize, hi: usize, horizon: usize, p: &[Points; 2]) -> Evaluation {
     Evaluation {
         from_ms: h.period_start_ms(h.index_of(lo + 1)),
-        to_ms: h.period_start_ms(h.index_of(hi + model.horizon + 1)),
-        purchases,
-        revenue,
+        to_ms: h.period_start_ms(h.index_of(hi + horizon + 1)),
+        purchases: p[0].summary(horizon),
+        revenue: p[1].summary(horizon),
     }
+}
+
+/// Every step of every series at origins `lo..=hi` (positions), against both baselines.
+pub fn evaluate_origins(model: &Model, h: &History, lo: usize, hi: usize) -> Evaluation {
+    let p = collect(h, lo, hi, model.horizon, |s, t, pos, idx| {
+        model.forecast_at(s, t, pos, idx)
+    });
+    summarize(h, lo, hi, model.horizon, &p)
+}
+
+/// One origin of a rolling-origin backtest.
+#[derive(Debug, Clone)]
+pub struct Fold {
+    /// The model fitted on the data before the fold's targets, and its errors on them.
+    pub evaluation: Evaluation,
+    pub rows_per_fit: usize,
+}
+
+/// The result of [`backtest`]: every fold (newest first) and all their points together.
+#[derive(Debug, Clone)]
+pub struct Backtest {
+    pub folds: Vec<Fold>,
+    pub overall: Evaluation,
+}
+
+fn ms_label(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map_or_else(|| ms.to_string(), |d| d.format("%Y-%m-%d %H:%M").to_string())
+}
+
+fn num(v: f64) -> String {
+    if v.is_finite() {
+        format!("{v:.3}")
+    } else {
+        "-".into()
+    }
+}
+
+fn opt(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), num)
+}
+
+impl Backtest {
+    /// The figures as text: one line per fold, then per target and horizon step the model and
+    /// both baselines over every fold, then each target's totals.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        for (k, f) in self.folds.iter().enumerate() {
+            let e = &f.evaluation;
+            out.push_str(&format!(
+                "fold {k}: targets {} .. {} ({} rows per fit): purchases MAE {} (seasonal-naive {}, moving-average {}); revenue MAE {} (seasonal-naive {}, moving-average {})\n",
+                ms_label(e.from_ms),
+                ms_label(e.to_ms),
+                f.rows_per_fit,
+                num(e.purchases.mae),
+                num(e.purchases.seasonal_naive_mae),
+                num(e.purchases.moving_average_mae),
+                num(e.revenue.mae),
+                num(e.revenue.seasonal_naive_mae),
+                num(e.revenue.moving_average_mae),
+            ));
+        }
+        out.push_str(&format!(
+            "{:9} {:>4} {:>7} {:>12} {:>14} {:>14} {:>8} {:>8} {:>8}\n",
+            "target", "step", "points", "model MAE", "seasonal-naive", "moving-average", "vs SN", "vs MA", "coverage"
+        ));
+        for t in Target::ALL {
+            let e = self.overall.target(t);
+            for s in &e.steps {
+                out.push_str(&format!(
+                    "{:9} {:>4} {:>7} {:>12} {:>14} {:>14} {:>8} {:>8} {:>8}\n",
+                    t.label(),
+                    s.step,
+                    s.points,
+                    num(s.mae),
+                    num(s.seasonal_naive_mae),
+                    num(s.moving_average_mae),
+                    opt(metrics::relative(s.mae, s.seasonal_naive_mae)),
+                    opt(metrics::relative(s.mae, s.moving_average_mae)),
+                    opt(s.coverage),
+                ));
+            }
+            out.push_str(&format!(
+                "{:9} {:>4} {:>7} {:>12} {:>14} {:>14} {:>8} {:>8} {:>8}\n",
+                t.label(),
+                "all",
+                e.points,
+                num(e.mae),
+                num(e.seasonal_naive_mae),
+                num(e.moving_average_mae),
+                opt(e.relative_to_seasonal_naive),
+                opt(e.relative_to_moving_average),
+                opt(e.coverage),
+            ));
+        }
+        for t in Target::ALL {
+            let e = self.overall.target(t);
+            out.push_str(&format!(
+                "{}: WAPE {} (seasonal-naive {}, moving-average {}); sMAPE on the {} of {} points with sales {} (seasonal-naive {}, moving-average {}); interval coverage {} (nominal {:.2})\n",
+                t.label(),
+                opt(e.wape),
+                opt(e.seasonal_naive_wape),
+                opt(e.moving_average_wape),
+                e.smape_points,
+                e.points,
+                num(e.smape),
+                num(e.seasonal_naive_smape),
+                num(e.moving_average_smape),
+                opt(e.coverage),
+                e.nominal_coverage,
+            ));
+        }
+        out
+    }
+}
+
+/// Rolling-origin backtest: fold `k` (0 = newest) ends `k * fold_step` periods before the end of
+/// the history; for each, the model is fitted as [`train`] would fit it on the history up to
+/// the fold's end and evaluated on the fold's hold-out (its last `holdout_periods` periods), next
+/// to both baselines. Folds without enough history before them are left out.
+pub fn backtest(
+    h: &History,
+    cfg: &TrainConfig,
+    folds: usize,
+    fold_step: usize,
+) -> Result<Backtest, TrainError> {
+    let mut out = Vec::new();
+    let mut all = [Points::default(), Points::default()];
+    let (mut lo_all, mut hi_all) = (usize::MAX, 0);
+    for k in 0..folds.max(1) {
+        let Some(n) = h.len.checked_sub(k * fold_step) else {
+            break;
+        };
+        let (eval_o, train_o) = match split(n, cfg) {
+            Ok(s) => s,
+            Err(e) if out.is_empty() => return Err(e),
+            Err(_) => break,
+        };
+        let (model, rows) = fit_all(h, train_o, cfg)?;
+        let p = collect(h, eval_o.lo, eval_o.hi, cfg.horizon, |s, t, pos, idx| {
+            model.forecast_at(s, t, pos, idx)
+        });
+        for (a, b) in all.iter_mut().zip(&p) {
+            a.extend(b);
+        }
+        lo_all = lo_all.min(eval_o.lo);
+        hi_all = hi_all.max(eval_o.hi);
+        out.push(Fold {
+            evaluation: summarize(h, eval_o.lo, eval_o.hi, cfg.horizon, &p),
+            rows_per_fit: rows,
+        });
+    }
+    Ok(Backtest {
+        overall: summarize(h, lo_all, hi_all, cfg.horizon, &all),
+        folds: out,
+    })
 }
 
 /// One forecast point of one target.
@@ -592,6 +1032,14 @@ pub struct Point {
     pub value: f64,
     pub lower: f64,
     pub upper: f64,
+}
+
+impl Point {
+    pub const ZERO: Point = Point {
+        value: 0.0,
+        lower: 0.0,
+        upper: 0.0,
+    };
 }
 
 impl Model {
@@ -603,75 +1051,80 @@ impl Model {
     }
 
     /// Forecasts of steps `1..=horizon` from origin position `t` (absolute period index
-    /// `t_idx`). A series without sales in its last week forecasts 0.
+    /// `t_idx`). A series without sales in its last week forecasts 0, and so does a closed slot
+    /// (families with closed slots).
     pub fn forecast_at(&self, s: &SeriesData, target: Target, t: usize, t_idx: i64) -> Vec<Point> {
         let y = target.values(s);
-        let zero = Point {
-            value: 0.0,
-            lower: 0.0,
-            upper: 0.0,
-        };
-        let Some(scale) = features::scale(y, t) else {
-            return vec![zero; self.horizon];
-        };
-        let p = features::price_ratio(&s.price, t);
         let tm = self.target(target);
-        let mut buf = vec![0.0; N_FEATURES];
+        let family = self.family;
+        let mut buf = vec![0.0; family.n_features()];
+        let mut stats = None;
         (1..=self.horizon)
             .map(|step| {
-                features::write(y, t, step, t_idx + step as i64, scale, p, &mut buf);
-                let v = (tm.steps[step - 1].predict(&buf) * scale).max(0.0);
-                let half = 1.96 * tm.resid_std[step - 1] * scale;
+                if family.closed_slots() && features::closed(y, t + step) {
+                    return Point::ZERO;
+                }
+                let Some(scale) = family.features(
+                    y,
+                    &s.price,
+                    t,
+                    &mut stats,
+                    step,
+                    t_idx + step as i64,
+                    &mut buf,
+                ) else {
+                    return Point::ZERO;
+                };
+                let z = tm.steps[step - 1].predict(&buf);
+                let half = Z * tm.resid_std[step - 1];
                 Point {
-                    value: v,
-                    lower: (v - half).max(0.0),
-                    upper: v + half,
+                    value: family.back(z, scale),
+                    lower: family.back(z - half, scale),
+                    upper: family.back(z + half, scale),
                 }
             })
             .collect()
     }
 
     /// Continuous features of step 1 at origin `t` (for drift), `None` without a scale.
-    pub fn live_features(s: &SeriesData, t: usize, t_idx: i64) -> Option<Vec<f64>> {
-        let scale = features::scale(&s.purchases, t)?;
-        let mut buf = vec![0.0; N_FEATURES];
-        features::write(
-            &s.purchases,
-            t,
-            1,
-            t_idx + 1,
-            scale,
-            features::price_ratio(&s.price, t),
-            &mut buf,
-        );
-        buf.truncate(N_CONTINUOUS);
-        Some(buf)
+    pub fn live_features(&self, s: &SeriesData, t: usize, t_idx: i64) -> Option<Vec<f64>> {
+        live_features(self.family, s, t, t_idx)
     }
 
     /// Checks an artefact read from storage before it serves.
     pub fn validate(&self) -> Result<(), String> {
+        let p = self.family.n_features();
         let ok_target = |t: &TargetModel| {
             t.steps.len() == self.horizon
                 && t.resid_std.len() == self.horizon
                 && t.steps
                     .iter()
-                    .all(|l| l.coef.len() == N_FEATURES && l.coef.iter().all(|c| c.is_finite()))
+                    .all(|l| l.coef.len() == p && l.coef.iter().all(|c| c.is_finite()))
         };
         if !(1..=MAX_HORIZON).contains(&self.horizon) {
             return Err(format!("horizon {} out of range", self.horizon));
         }
-        if self.features != features::names() {
+        if self.features != self.family.feature_names() {
             return Err("feature list differs from this version's".into());
         }
         if !ok_target(&self.purchases) || !ok_target(&self.revenue) {
             return Err("step models do not match the horizon and features".into());
         }
-        if self.reference.edges.len() != N_CONTINUOUS || self.reference.shares.len() != N_CONTINUOUS
-        {
+        let nc = self.family.n_continuous();
+        if self.reference.edges.len() != nc || self.reference.shares.len() != nc {
             return Err("drift reference does not match the features".into());
         }
         Ok(())
     }
+}
+
+/// Continuous features of `family` at step 1 of origin `t` (for drift), `None` without a scale.
+pub fn live_features(family: Family, s: &SeriesData, t: usize, t_idx: i64) -> Option<Vec<f64>> {
+    let mut buf = vec![0.0; family.n_features()];
+    let mut stats = None;
+    family.features(&s.purchases, &s.price, t, &mut stats, 1, t_idx + 1, &mut buf)?;
+    buf.truncate(family.n_continuous());
+    Some(buf)
 }
 
 #[cfg(test)]

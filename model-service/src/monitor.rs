@@ -14,10 +14,13 @@
 //!    `psi_threshold` over a full window), `schedule` (`retrain_every_periods` since the
 //!    champion's training); never within `cooldown_periods` of the last attempt.
 //!
-//! [`Engine::retrain`] trains a challenger and decides: `rejected_baseline` when it does not beat
-//! seasonal-naive on the hold-out (MAE of purchases), `rejected_no_gain` when its hold-out MAE of
-//! purchases is not at least `promote_margin` below the champion's on the same points,
-//! `promoted` otherwise. The caller stores every candidate and installs promoted ones.
+//! [`Engine::retrain`] trains a challenger and decides ([`decide`]): `rejected_baseline` when its
+//! hold-out MAE is not below seasonal-naive's by `seasonal_naive_margin` *and* the moving
+//! average's by `moving_average_margin` on every target (purchases and revenue),
+//! `rejected_no_gain` when it is not at least `promote_margin` below the champion's on the same
+//! points on every target, `promoted` otherwise; every rejection lists each target and baseline
+//! (or champion) that was not beaten. The caller stores every candidate and installs promoted
+//! ones.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -26,8 +29,9 @@ use serde::Serialize;
 
 use crate::baselines;
 use crate::features::N_CONTINUOUS;
+use crate::model::Family;
 use crate::metrics;
-use crate::model::{self, Metadata, Model, Target, TrainConfig, TrainError};
+use crate::model::{self, Evaluation, Metadata, Model, Target, TrainConfig, TrainError};
 use crate::series::{History, Obs};
 
 #[derive(Debug, Clone)]
@@ -35,6 +39,10 @@ pub struct MonitorConfig {
     pub error_threshold: f64,
     pub psi_threshold: f64,
     pub promote_margin: f64,
+    /// A challenger's hold-out MAE must be this fraction below seasonal-naive's, on every target.
+    pub seasonal_naive_margin: f64,
+    /// ... and this fraction below the moving average's, on every target.
+    pub moving_average_margin: f64,
     pub cooldown_periods: usize,
     pub live_window_periods: usize,
     /// Periods of live features compared with the training distribution (a week by default:
@@ -50,6 +58,8 @@ impl Default for MonitorConfig {
             error_threshold: 0.35,
             psi_threshold: 0.25,
             promote_margin: 0.05,
+            seasonal_naive_margin: 0.0,
+            moving_average_margin: 0.0,
             cooldown_periods: 6,
             live_window_periods: 24,
             psi_window_periods: 168,
@@ -174,8 +184,20 @@ impl Engine {
         &self.stats
     }
 
+    /// The family whose continuous features the drift window holds: the champion's, else the
+    /// one being trained.
+    fn feature_family(&self) -> Family {
+        self.champion
+            .as_ref()
+            .map_or(self.train.family, |c| c.model.family)
+    }
+
     /// Puts a model in service: live figures restart, forecasts are recomputed at once.
     pub fn install(&mut self, champion: Champion) {
+        if champion.model.family != self.feature_family() {
+            // The drift window holds another family's features.
+            self.live_features.clear();
+        }
         self.champion = Some(champion);
         // Live features describe the input, not the model: they stay.
         self.live.clear();
@@ -213,11 +235,12 @@ impl Engine {
         self.history.push(idx, obs);
         let t = self.history.len - 1;
         let t_idx = self.history.index_of(t);
+        let family = self.feature_family();
         let feats: Vec<Vec<f64>> = self
             .history
             .series
             .values()
-            .filter_map(|s| Model::live_features(s, t, t_idx))
+            .filter_map(|s| crate::model::live_features(family, s, t, t_idx))
             .collect();
         if self.champion.is_some() {
             self.live.push_back(points);
@@ -263,7 +286,15 @@ impl Engine {
         if let Some(c) = &self.champion {
             let r = &c.model.reference;
             for (j, slot) in s.psi.iter_mut().enumerate() {
-                let values: Vec<f64> = self.live_features.iter().flatten().map(|v| v[j]).collect();
+                if j >= r.edges.len() {
+                    break;
+                }
+                let values: Vec<f64> = self
+                    .live_features
+                    .iter()
+                    .flatten()
+                    .filter_map(|v| v.get(j).copied())
+                    .collect();
                 if values.is_empty() {
                     continue;
                 }
@@ -363,21 +394,16 @@ impl Engine {
         }
         let trained = model::train(&self.history, &self.train, trigger, now_ms)?;
         let mut meta = trained.meta;
-        let ch = &meta.holdout.purchases;
-        let beats_baseline = ch.relative_to_seasonal_naive.is_some_and(|r| r < 1.0);
-        let mut promote = beats_baseline;
-        meta.decision = if beats_baseline {
-            "promoted".into()
-        } else {
-            "rejected_baseline".into()
+        let champ = match &self.champion {
+            Some(c) => Some(model::evaluate_holdout(&c.model, &self.history, &self.train)?),
+            None => None,
         };
+        let d = decide(&meta.holdout, champ.as_ref(), &self.cfg);
+        let promote = d.promote;
+        meta.decision = d.decision.into();
+        meta.reasons = d.reasons;
         if let Some(c) = &self.champion {
-            let champ = model::evaluate_holdout(&c.model, &self.history, &self.train)?;
-            if beats_baseline && ch.mae > (1.0 - self.cfg.promote_margin) * champ.purchases.mae {
-                promote = false;
-                meta.decision = "rejected_no_gain".into();
-            }
-            meta.champion_holdout = Some(champ);
+            meta.champion_holdout = champ;
             meta.champion_version = Some(c.meta.version.clone());
         }
         if self.champion.is_none() && !promote {
@@ -394,6 +420,84 @@ impl Engine {
     /// Marks a retrain attempt that failed outside [`Engine::retrain`] (e.g. storage).
     pub fn note_attempt(&mut self) {
         self.last_attempt = Some(self.history.next_index());
+    }
+}
+
+/// What [`decide`] found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub promote: bool,
+    /// `promoted`, `rejected_baseline` or `rejected_no_gain`.
+    pub decision: &'static str,
+    /// One line per target and baseline (or the champion) not beaten by its margin.
+    pub reasons: Vec<String>,
+}
+
+fn shortfall(target: Target, what: &str, mae: f64, other: f64, margin: f64) -> Option<String> {
+    let limit = (1.0 - margin) * other;
+    // NaN (no points) never passes.
+    let beaten = mae.is_finite() && limit.is_finite() && mae < limit;
+    (!beaten).then(|| {
+        format!(
+            "{}: MAE {mae:.3} not below {limit:.3} ({what} MAE {other:.3} less {:.1} %)",
+            target.label(),
+            100.0 * margin
+        )
+    })
+}
+
+/// Promotion rule: a challenger (`ch`, its hold-out evaluation) replaces the champion only if on
+/// every target its MAE is below seasonal-naive's and the moving average's by their margins,
+/// and below the champion's (`champion`, the champion's evaluation on the same points) by the
+/// promotion margin.
+pub fn decide(ch: &Evaluation, champion: Option<&Evaluation>, cfg: &MonitorConfig) -> Decision {
+    let mut reasons = Vec::new();
+    for t in Target::ALL {
+        let e = ch.target(t);
+        reasons.extend(shortfall(
+            t,
+            "seasonal-naive",
+            e.mae,
+            e.seasonal_naive_mae,
+            cfg.seasonal_naive_margin,
+        ));
+        reasons.extend(shortfall(
+            t,
+            "moving-average",
+            e.mae,
+            e.moving_average_mae,
+            cfg.moving_average_margin,
+        ));
+    }
+    if !reasons.is_empty() {
+        return Decision {
+            promote: false,
+            decision: "rejected_baseline",
+            reasons,
+        };
+    }
+    if let Some(c) = champion {
+        for t in Target::ALL {
+            reasons.extend(shortfall(
+                t,
+                "champion",
+                ch.target(t).mae,
+                c.target(t).mae,
+                cfg.promote_margin,
+            ));
+        }
+        if !reasons.is_empty() {
+            return Decision {
+                promote: false,
+                decision: "rejected_no_gain",
+                reasons,
+            };
+        }
+    }
+    Decision {
+        promote: true,
+        decision: "promoted",
+        reasons,
     }
 }
 
@@ -487,6 +591,75 @@ mod tests {
         assert!((4..=6).contains(&scheduled), "{triggers:?}");
     }
 
+    fn eval_with(p: (f64, f64, f64), r: (f64, f64, f64)) -> Evaluation {
+        let te = |(mae, sn, ma): (f64, f64, f64)| {
+            let mut pts = model::Points::default();
+            // one point per figure is enough: summary() computes the MAEs
+            pts.step.push(1);
+            pts.actual.push(0.0);
+            pts.forecast.push(mae);
+            pts.lower.push(0.0);
+            pts.upper.push(mae);
+            pts.seasonal_naive.push(sn);
+            pts.moving_average.push(ma);
+            pts.summary(1)
+        };
+        Evaluation {
+            from_ms: 0,
+            to_ms: 1,
+            purchases: te(p),
+            revenue: te(r),
+        }
+    }
+
+    #[test]
+    fn a_challenger_better_on_purchases_but_worse_on_revenue_is_not_promoted() {
+        let cfg = MonitorConfig::default();
+        // purchases: 28.6 vs seasonal-naive 35 and moving average 40 (wins);
+        // revenue: 3322 vs seasonal-naive 3163 (loses) and moving average 5000
+        let ch = eval_with((28.6, 35.0, 40.0), (3322.0, 3163.0, 5000.0));
+        let d = decide(&ch, None, &cfg);
+        assert!(!d.promote);
+        assert_eq!(d.decision, "rejected_baseline");
+        assert_eq!(d.reasons.len(), 1, "{:?}", d.reasons);
+        assert!(d.reasons[0].starts_with("revenue:"), "{:?}", d.reasons);
+        assert!(d.reasons[0].contains("seasonal-naive"), "{:?}", d.reasons);
+        // losing to the moving average on revenue only is also a rejection, said so
+        let ch = eval_with((28.6, 35.0, 40.0), (3000.0, 3163.0, 2900.0));
+        let d = decide(&ch, None, &cfg);
+        assert_eq!(d.decision, "rejected_baseline");
+        assert!(d.reasons[0].starts_with("revenue:") && d.reasons[0].contains("moving-average"));
+        // the margins apply: 3000 vs 3163 is 5.2 % below, not 10 %
+        let strict = MonitorConfig {
+            seasonal_naive_margin: 0.10,
+            ..cfg.clone()
+        };
+        let ch = eval_with((28.6, 35.0, 40.0), (3000.0, 3163.0, 5000.0));
+        assert!(decide(&ch, None, &cfg).promote);
+        let d = decide(&ch, None, &strict);
+        assert!(!d.promote);
+        assert!(d.reasons[0].starts_with("revenue:"), "{:?}", d.reasons);
+    }
+
+    #[test]
+    fn the_champion_must_be_beaten_on_every_target() {
+        let cfg = MonitorConfig::default();
+        let ch = eval_with((20.0, 35.0, 40.0), (3000.0, 4000.0, 5000.0));
+        // the champion: worse on purchases, better on revenue
+        let champ = eval_with((25.0, 35.0, 40.0), (2900.0, 4000.0, 5000.0));
+        let d = decide(&ch, Some(&champ), &cfg);
+        assert!(!d.promote);
+        assert_eq!(d.decision, "rejected_no_gain");
+        assert_eq!(d.reasons.len(), 1);
+        assert!(d.reasons[0].starts_with("revenue:") && d.reasons[0].contains("champion"));
+        // better on both by more than 5 %
+        let champ = eval_with((25.0, 35.0, 40.0), (3200.0, 4000.0, 5000.0));
+        let d = decide(&ch, Some(&champ), &cfg);
+        assert!(d.promote, "{:?}", d.reasons);
+        assert_eq!(d.decision, "promoted");
+        assert!(d.reasons.is_empty());
+    }
+
     pub fn scenario_config() -> (TrainConfig, MonitorConfig) {
         (
             TrainConfig {
@@ -495,11 +668,14 @@ mod tests {
                 train_window_periods: 168,
                 max_rows: 60_000,
                 alpha: 1.0,
+                family: crate::model::Family::default(),
             },
             MonitorConfig {
                 error_threshold: 0.4,
                 psi_threshold: 0.5,
                 promote_margin: 0.05,
+                seasonal_naive_margin: 0.0,
+                moving_average_margin: 0.0,
                 cooldown_periods: 6,
                 live_window_periods: 24,
                 psi_window_periods: 168,

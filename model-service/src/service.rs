@@ -64,15 +64,27 @@ pub struct ModelArgs {
     /// Ridge regularisation.
     #[arg(long, env = "MODEL_ALPHA", default_value_t = 1.0)]
     pub alpha: f64,
+    /// Model family: ridge-profile (hour-of-week profile, trend, level, year position; closed
+    /// slots forecast as 0), ridge-profile-log (the same on log1p of the target) or ridge-lags
+    /// (the first model: lags and hour/day one-hots).
+    #[arg(long, env = "MODEL_FAMILY", value_enum, default_value_t = crate::model::Family::RidgeProfile)]
+    pub family: crate::model::Family,
     /// Retrain when the live sMAPE (0..2) of a target over a full live window exceeds this.
     #[arg(long, env = "MODEL_ERROR_THRESHOLD", default_value_t = 0.35)]
     pub error_threshold: f64,
     /// Retrain when a feature's PSI over a full drift window exceeds this.
     #[arg(long, env = "MODEL_PSI_THRESHOLD", default_value_t = 0.25)]
     pub psi_threshold: f64,
-    /// A challenger replaces the champion only if its hold-out MAE is this fraction lower.
+    /// A challenger replaces the champion only if its hold-out MAE is this fraction lower than
+    /// the champion's on the same points, on every target (purchases and revenue).
     #[arg(long, env = "MODEL_PROMOTE_MARGIN", default_value_t = 0.05)]
     pub promote_margin: f64,
+    /// ... and this fraction lower than seasonal-naive's, on every target.
+    #[arg(long, env = "MODEL_SEASONAL_NAIVE_MARGIN", default_value_t = 0.0)]
+    pub seasonal_naive_margin: f64,
+    /// ... and this fraction lower than the moving average's, on every target.
+    #[arg(long, env = "MODEL_MOVING_AVERAGE_MARGIN", default_value_t = 0.0)]
+    pub moving_average_margin: f64,
     /// Periods between two retrain attempts at least.
     #[arg(long, env = "MODEL_COOLDOWN_PERIODS", default_value_t = 6)]
     pub cooldown_periods: usize,
@@ -113,6 +125,7 @@ impl ModelArgs {
             train_window_periods: self.train_window_periods,
             max_rows: self.max_rows.max(1000),
             alpha: self.alpha,
+            family: self.family,
         })
     }
 
@@ -121,6 +134,8 @@ impl ModelArgs {
             error_threshold: self.error_threshold,
             psi_threshold: self.psi_threshold,
             promote_margin: self.promote_margin,
+            seasonal_naive_margin: self.seasonal_naive_margin,
+            moving_average_margin: self.moving_average_margin,
             cooldown_periods: self.cooldown_periods,
             live_window_periods: self.live_window_periods.max(1),
             psi_window_periods: self.psi_window_periods.max(1),
@@ -317,6 +332,8 @@ impl EngineLoop {
             version,
             decision = %m.decision,
             holdout_mae = m.holdout.purchases.mae,
+            holdout_revenue_mae = m.holdout.revenue.mae,
+            reasons = %m.reasons.join("; "),
             holdout_smape = m.holdout.purchases.smape,
             seasonal_naive_mae = m.holdout.purchases.seasonal_naive_mae,
             relative_to_seasonal_naive = m.holdout.purchases.relative_to_seasonal_naive,
