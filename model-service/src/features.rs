@@ -130,7 +130,9 @@ pub fn write(
     price_feature: f64,
     out: &mut [f64],
 ) {
-    debug_assert!(t + 1 >= LOOKBACK && (1..=MAX_HORIZON).contains(&h) && out.len() >= N_LAG_FEATURES);
+    debug_assert!(
+        t + 1 >= LOOKBACK && (1..=MAX_HORIZON).contains(&h) && out.len() >= N_LAG_FEATURES
+    );
     let at = |back: usize| y[t + h - back];
     out.fill(0.0);
     out[0] = y[t] / s;

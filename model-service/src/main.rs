@@ -10,11 +10,11 @@ use anyhow::Context;
 use cartstream_events::types::KpiWindow;
 use cartstream_events::{Decoder, RegistryArgs};
 use cartstream_kafka::{KafkaArgs, Topic, TopicNames};
+use cartstream_model_service::model::{self, Family};
 use cartstream_model_service::monitor::Engine;
 use cartstream_model_service::registry::ModelRegistry;
 use cartstream_model_service::series::{Aggregator, History};
 use cartstream_model_service::service::{self, EngineLoop, ForecastStoreArgs, ModelArgs, Shared};
-use cartstream_model_service::model::{self, Family};
 use cartstream_model_service::synth::{Synth, RETAIL_START};
 use cartstream_model_service::{api, telemetry};
 use cartstream_runtime::ServiceArgs;
@@ -372,7 +372,11 @@ async fn backtest(a: BacktestArgs) -> anyhow::Result<()> {
         }
     };
     let families = if a.all_families {
-        vec![Family::RidgeProfile, Family::RidgeProfileLog, Family::RidgeLags]
+        vec![
+            Family::RidgeProfile,
+            Family::RidgeProfileLog,
+            Family::RidgeLags,
+        ]
     } else {
         vec![cfg.family]
     };

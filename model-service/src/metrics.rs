@@ -38,7 +38,9 @@ pub fn smape_nonzero(actual: &[f64], forecast: &[f64]) -> Option<f64> {
         .iter()
         .zip(forecast)
         .filter(|(a, _)| **a != 0.0)
-        .fold((0usize, 0.0), |(n, s), (a, f)| (n + 1, s + smape_point(*a, *f)));
+        .fold((0usize, 0.0), |(n, s), (a, f)| {
+            (n + 1, s + smape_point(*a, *f))
+        });
     (n > 0).then(|| sum / n as f64)
 }
 

@@ -3,14 +3,17 @@
 //! The model is *direct multi-step*: for each step `h` in `1..=horizon` and each target
 //! (purchases, revenue) one ridge regression maps the features of [`crate::features`] at origin
 //! `t` to a transform of `y[t + h] / scale`. One model serves every series (the scale makes them
-//! comparable). Families ([`Family`]):
-//! - `ridge_profile` (the default): the hour-of-week profile of the last four weeks, the week's
+//! comparable). Families ([`Family`]; the backtests behind the choice are in the README):
+//! - `ridge_profile_log` (the default): `ridge_profile`'s features with target
+//!   `log1p(y / scale)`, back-transformed with `expm1` (a multiplicative fit whose
+//!   back-transform is near the median, which is what MAE rewards); intervals are ±1.96
+//!   residual standard deviations in log units, so they are asymmetric like count data.
+//! - `ridge_profile`: the hour-of-week profile of the last four weeks, the week's
 //!   trend and the last day's level against its profile (and their products with the profile,
 //!   so the fit is multiplicative), the year position, lags, rolling means, price and the
 //!   calendar one-hots; target `y / scale`. A *closed slot* (the same hour of the week sold
 //!   nothing in each of the last four weeks: a shop's night or closed day) is forecast as 0 and
 //!   left out of the fit, so an additive fit is not pulled towards "a little at night".
-//! - `ridge_profile_log`: the same with target `log1p(y / scale)` (back-transformed with `expm1`).
 //! - `ridge_lags`: the first model (lags, rolling means, price, hour and day one-hots, no closed
 //!   slots); artefacts stored before families existed read as this family and still serve.
 //!
@@ -84,9 +87,9 @@ pub enum Family {
     /// The first model: lags, rolling means, price, hour and day one-hots; target y / scale.
     RidgeLags,
     /// Hour-of-week profile, trend, level, year position, lags; closed slots 0; target y / scale.
-    #[default]
     RidgeProfile,
-    /// As ridge-profile with target log1p(y / scale).
+    /// As ridge-profile with target log1p(y / scale): the best on both synthetic histories.
+    #[default]
     RidgeProfileLog,
 }
 
@@ -152,8 +155,7 @@ impl Family {
     /// `buf` has [`Family::n_features`] slots.
     fn features(
         self,
-        y: &[f64],
-        price: &[f64],
+        (y, price): (&[f64], &[f64]),
         t: usize,
         stats: &mut Option<features::OriginStats>,
         step: usize,
@@ -535,8 +537,7 @@ fn fit(x: &[f64], y: &[f64], p: usize, alpha: f64) -> Result<(Linear, f64), Trai
 /// left out. Returns the origins used.
 pub fn for_each_row(
     h: &History,
-    lo: usize,
-    hi: usize,
+    (lo, hi): (usize, usize),
     horizon: usize,
     max_rows: usize,
     family: Family,
@@ -563,8 +564,7 @@ pub fn for_each_row(
                     continue;
                 }
                 let Some(scale) = family.features(
-                    y,
-                    &s.price,
+                    (y, &s.price),
                     t,
                     &mut stats,
                     step,
@@ -596,8 +596,7 @@ fn accumulate(
     let mut nz = Vec::with_capacity(p);
     let rows = for_each_row(
         h,
-        o.lo,
-        o.hi,
+        (o.lo, o.hi),
         cfg.horizon,
         cfg.max_rows,
         family,
@@ -894,8 +893,10 @@ pub struct Backtest {
 }
 
 fn ms_label(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map_or_else(|| ms.to_string(), |d| d.format("%Y-%m-%d %H:%M").to_string())
+    chrono::DateTime::from_timestamp_millis(ms).map_or_else(
+        || ms.to_string(),
+        |d| d.format("%Y-%m-%d %H:%M").to_string(),
+    )
 }
 
 fn num(v: f64) -> String {
@@ -932,7 +933,15 @@ impl Backtest {
         }
         out.push_str(&format!(
             "{:9} {:>4} {:>7} {:>12} {:>14} {:>14} {:>8} {:>8} {:>8}\n",
-            "target", "step", "points", "model MAE", "seasonal-naive", "moving-average", "vs SN", "vs MA", "coverage"
+            "target",
+            "step",
+            "points",
+            "model MAE",
+            "seasonal-naive",
+            "moving-average",
+            "vs SN",
+            "vs MA",
+            "coverage"
         ));
         for t in Target::ALL {
             let e = self.overall.target(t);
@@ -1065,8 +1074,7 @@ impl Model {
                     return Point::ZERO;
                 }
                 let Some(scale) = family.features(
-                    y,
-                    &s.price,
+                    (y, &s.price),
                     t,
                     &mut stats,
                     step,
@@ -1122,7 +1130,14 @@ impl Model {
 pub fn live_features(family: Family, s: &SeriesData, t: usize, t_idx: i64) -> Option<Vec<f64>> {
     let mut buf = vec![0.0; family.n_features()];
     let mut stats = None;
-    family.features(&s.purchases, &s.price, t, &mut stats, 1, t_idx + 1, &mut buf)?;
+    family.features(
+        (&s.purchases, &s.price),
+        t,
+        &mut stats,
+        1,
+        t_idx + 1,
+        &mut buf,
+    )?;
     buf.truncate(family.n_continuous());
     Some(buf)
 }
@@ -1213,5 +1228,121 @@ mod tests {
             e.revenue.relative_to_seasonal_naive.unwrap()
         );
         assert_eq!(t.meta.data_fingerprint.len(), 16);
+    }
+
+    /// The bar of issue 16 at every horizon step, on a retail shop's year end and on the
+    /// simulator's shape: at least 15 % below seasonal-naive's MAE, below the moving average's,
+    /// and interval coverage within 10 points of nominal, over three rolling origins.
+    #[test]
+    fn backtest_beats_both_baselines_at_every_step_on_both_histories() {
+        let retail_from = crate::synth::RETAIL_START + 24 * (365 - 70);
+        let histories = [
+            (
+                "retail",
+                Synth::retail(8, 42).history(3_600_000, retail_from, retail_from + 24 * 70),
+            ),
+            (
+                "today",
+                Synth::new(8, 42).history(3_600_000, 10_000, 10_000 + 24 * 49),
+            ),
+        ];
+        let cfg = TrainConfig::default();
+        assert_eq!(cfg.family, Family::RidgeProfileLog);
+        for (name, h) in &histories {
+            let b = backtest(h, &cfg, 3, 168).unwrap();
+            assert_eq!(b.folds.len(), 3);
+            eprintln!("{name}:\n{}", b.table());
+            for t in Target::ALL {
+                let e = b.overall.target(t);
+                assert_eq!(e.steps.len(), cfg.horizon);
+                for s in &e.steps {
+                    assert!(
+                        s.mae <= 0.85 * s.seasonal_naive_mae && s.mae < s.moving_average_mae,
+                        "{name} {} step {}: {s:?}",
+                        t.label(),
+                        s.step
+                    );
+                }
+                let c = e.coverage.unwrap();
+                assert!(
+                    (c - NOMINAL_COVERAGE).abs() <= 0.10,
+                    "{name} {}: coverage {c}",
+                    t.label()
+                );
+                assert!(e.wape.unwrap() < e.seasonal_naive_wape.unwrap());
+            }
+        }
+    }
+
+    #[test]
+    fn closed_hours_are_forecast_as_zero() {
+        let from = crate::synth::RETAIL_START + 24 * 200;
+        let h = Synth::retail(4, 3).history(3_600_000, from, from + 24 * 42);
+        // an origin at 18:00: steps 2.. are 20:00 onwards, closed
+        let t = (0..h.len)
+            .rev()
+            .find(|&t| features::hour_of_day(h.index_of(t)) == 18)
+            .unwrap()
+            - 24 * 7;
+        let trained = |family| {
+            let cfg = TrainConfig {
+                family,
+                ..TrainConfig::default()
+            };
+            train(&h, &cfg, "test", 0).unwrap().model
+        };
+        let profile = trained(Family::RidgeProfileLog);
+        let lags = trained(Family::RidgeLags);
+        for s in h.series.values() {
+            for target in Target::ALL {
+                let p = profile.forecast_at(s, target, t, h.index_of(t));
+                assert!(p[0].value > 0.0, "19:00 is open");
+                for pt in &p[1..] {
+                    assert_eq!(*pt, Point::ZERO);
+                }
+                // the first model forecasts a little demand for the closed hours
+                let l = lags.forecast_at(s, target, t, h.index_of(t));
+                assert!(l[1..].iter().any(|pt| pt.value > 0.0), "{l:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_artefact_without_a_family_is_the_first_model_and_serves() {
+        let h = Synth::new(3, 1).history(3_600_000, 24 * 100, 24 * 100 + 24 * 14);
+        let cfg = TrainConfig {
+            family: Family::RidgeLags,
+            holdout_periods: 24,
+            ..TrainConfig::default()
+        };
+        let m = train(&h, &cfg, "test", 0).unwrap().model;
+        let mut json = serde_json::to_value(&m).unwrap();
+        json.as_object_mut().unwrap().remove("family");
+        let old: Model = serde_json::from_value(json).unwrap();
+        assert_eq!(old.family, Family::RidgeLags);
+        assert!(old.validate().is_ok());
+        let s = h.series.values().next().unwrap();
+        let t = h.len - 1;
+        assert_eq!(
+            old.forecast_at(s, Target::Purchases, t, h.index_of(t)),
+            m.forecast_at(s, Target::Purchases, t, h.index_of(t))
+        );
+        // a profile artefact claiming to be the first model does not serve
+        let p = train(
+            &h,
+            &TrainConfig {
+                family: Family::RidgeProfile,
+                ..cfg
+            },
+            "test",
+            0,
+        )
+        .unwrap()
+        .model;
+        let wrong = Model {
+            family: Family::RidgeLags,
+            ..p
+        };
+        assert!(wrong.validate().is_err());
     }
 }

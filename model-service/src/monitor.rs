@@ -29,8 +29,8 @@ use serde::Serialize;
 
 use crate::baselines;
 use crate::features::N_CONTINUOUS;
-use crate::model::Family;
 use crate::metrics;
+use crate::model::Family;
 use crate::model::{self, Evaluation, Metadata, Model, Target, TrainConfig, TrainError};
 use crate::series::{History, Obs};
 
@@ -395,7 +395,11 @@ impl Engine {
         let trained = model::train(&self.history, &self.train, trigger, now_ms)?;
         let mut meta = trained.meta;
         let champ = match &self.champion {
-            Some(c) => Some(model::evaluate_holdout(&c.model, &self.history, &self.train)?),
+            Some(c) => Some(model::evaluate_holdout(
+                &c.model,
+                &self.history,
+                &self.train,
+            )?),
             None => None,
         };
         let d = decide(&meta.holdout, champ.as_ref(), &self.cfg);

@@ -64,10 +64,10 @@ pub struct ModelArgs {
     /// Ridge regularisation.
     #[arg(long, env = "MODEL_ALPHA", default_value_t = 1.0)]
     pub alpha: f64,
-    /// Model family: ridge-profile (hour-of-week profile, trend, level, year position; closed
-    /// slots forecast as 0), ridge-profile-log (the same on log1p of the target) or ridge-lags
-    /// (the first model: lags and hour/day one-hots).
-    #[arg(long, env = "MODEL_FAMILY", value_enum, default_value_t = crate::model::Family::RidgeProfile)]
+    /// Model family: ridge-profile-log (hour-of-week profile, trend, level, year position, lags;
+    /// closed slots forecast as 0; fitted on log1p of the target), ridge-profile (the same on the
+    /// target itself) or ridge-lags (the first model: lags and hour/day one-hots).
+    #[arg(long, env = "MODEL_FAMILY", value_enum, default_value_t = crate::model::Family::RidgeProfileLog)]
     pub family: crate::model::Family,
     /// Retrain when the live sMAPE (0..2) of a target over a full live window exceeds this.
     #[arg(long, env = "MODEL_ERROR_THRESHOLD", default_value_t = 0.35)]
