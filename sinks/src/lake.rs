@@ -619,67 +619,72 @@ impl Sink<'_> {
         m.consumed_bytes
             .with_label_values(&[SINK])
             .inc_by(msg.payload().map_or(0, <[u8]>::len) as u64);
-        // Decode; a registry outage is retried, a bad record dead-lettered (its offset still
-        // belongs to the partition's range).
-        let mut backoff = Duration::from_millis(200);
-        let decoded = loop {
-            let Some(payload) = msg.payload().filter(|p| !p.is_empty()) else {
-                break Err((
-                    "empty_record",
-                    "record has no value (tombstone)".to_string(),
-                    None,
-                ));
-            };
-            match self.schemas.decode(payload).await {
-                Ok(v) => break Ok(v),
-                Err(DecodeFailure::Transient(e)) => {
-                    tracing::warn!(error = %e, "registry unavailable, retrying");
-                    SinkMetrics::get()
-                        .retries
-                        .with_label_values(&[SINK, "decode"])
-                        .inc();
-                    if source::sleep_or_shutdown(backoff, self.shutdown).await {
-                        return Ok(true);
+        // An end-of-input mark (cartstream_kafka::control) has nothing to write; its offset
+        // still belongs to the partition's range.
+        let control = matches!(cartstream_kafka::control::control_of(msg), Ok(Some(_)));
+        if !control {
+            // Decode; a registry outage is retried, a bad record dead-lettered (its offset still
+            // belongs to the partition's range).
+            let mut backoff = Duration::from_millis(200);
+            let decoded = loop {
+                let Some(payload) = msg.payload().filter(|p| !p.is_empty()) else {
+                    break Err((
+                        "empty_record",
+                        "record has no value (tombstone)".to_string(),
+                        None,
+                    ));
+                };
+                match self.schemas.decode(payload).await {
+                    Ok(v) => break Ok(v),
+                    Err(DecodeFailure::Transient(e)) => {
+                        tracing::warn!(error = %e, "registry unavailable, retrying");
+                        SinkMetrics::get()
+                            .retries
+                            .with_label_values(&[SINK, "decode"])
+                            .inc();
+                        if source::sleep_or_shutdown(backoff, self.shutdown).await {
+                            return Ok(true);
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    Err(DecodeFailure::Permanent {
+                        code,
+                        message,
+                        schema_id,
+                    }) => break Err((code, message, schema_id)),
                 }
-                Err(DecodeFailure::Permanent {
-                    code,
-                    message,
-                    schema_id,
-                }) => break Err((code, message, schema_id)),
+            };
+            // A schema change closes the current file first, so each file has one schema.
+            if let Ok((id, _, _)) = &decoded {
+                let change = self
+                    .parts
+                    .get(&key)
+                    .is_some_and(|p| p.first.is_some() && p.schema_id.is_some_and(|s| s != *id));
+                if change {
+                    self.flush(&key).await?;
+                }
             }
-        };
-        // A schema change closes the current file first, so each file has one schema.
-        if let Ok((id, _, _)) = &decoded {
-            let change = self
-                .parts
-                .get(&key)
-                .is_some_and(|p| p.first.is_some() && p.schema_id.is_some_and(|s| s != *id));
-            if change {
-                self.flush(&key).await?;
-            }
-        }
-        match decoded {
-            Ok((id, plan, value)) => {
-                let time_ms = plan
-                    .time_field
-                    .and_then(|i| avro_arrow::time_value(&value, i))
-                    .or_else(|| msg.timestamp().to_millis())
-                    .unwrap_or(0);
-                let part = self.part(&key);
-                part.schema_id = Some(id);
-                part.records.push(Buffered { time_ms, value });
-                part.bytes += msg.payload().map_or(0, <[u8]>::len);
-            }
-            Err((code, message, schema_id)) => {
-                let mut backoff = Duration::from_millis(200);
-                while let Err(e) = dlq.send(msg, code, message.clone(), schema_id).await {
-                    tracing::warn!(error = %format!("{e:#}"), "dead letter not delivered, retrying");
-                    if source::sleep_or_shutdown(backoff, self.shutdown).await {
-                        return Ok(true);
+            match decoded {
+                Ok((id, plan, value)) => {
+                    let time_ms = plan
+                        .time_field
+                        .and_then(|i| avro_arrow::time_value(&value, i))
+                        .or_else(|| msg.timestamp().to_millis())
+                        .unwrap_or(0);
+                    let part = self.part(&key);
+                    part.schema_id = Some(id);
+                    part.records.push(Buffered { time_ms, value });
+                    part.bytes += msg.payload().map_or(0, <[u8]>::len);
+                }
+                Err((code, message, schema_id)) => {
+                    let mut backoff = Duration::from_millis(200);
+                    while let Err(e) = dlq.send(msg, code, message.clone(), schema_id).await {
+                        tracing::warn!(error = %format!("{e:#}"), "dead letter not delivered, retrying");
+                        if source::sleep_or_shutdown(backoff, self.shutdown).await {
+                            return Ok(true);
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
             }
         }

@@ -444,6 +444,11 @@ pub async fn run(ctx: Context<'_>) -> anyhow::Result<()> {
         // 2. Decode; dead-letter what cannot be.
         let mut rows_: Vec<Row> = Vec::with_capacity(batch.len());
         for msg in &batch {
+            // An end-of-input mark (cartstream_kafka::control) has no row; its offset commits
+            // with the batch.
+            if matches!(cartstream_kafka::control::control_of(msg), Ok(Some(_))) {
+                continue;
+            }
             let mut backoff = Duration::from_millis(200);
             loop {
                 match decoders.decode(msg).await {

@@ -2,7 +2,8 @@
 //!
 //! For tools, tests and the demo: it assigns every partition itself, commits nothing, and stops
 //! once it has reached the end offsets seen at start (with `read_committed`, the last stable
-//! offsets: aborted and open transactions are never returned).
+//! offsets: aborted and open transactions are never returned). Control records (end-of-input
+//! marks, see [`crate::control`]) are left out unless asked for with [`read_all_to_end`].
 
 use std::time::{Duration, Instant};
 
@@ -10,8 +11,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-/// Every record of `topic` up to its end offsets at call time. Fails after `timeout`, reporting
-/// how far it got, rather than waiting forever on a partition that never delivers.
+/// Every data record of `topic` up to its end offsets at call time. Fails after `timeout`,
+/// reporting how far it got, rather than waiting forever on a partition that never delivers.
 pub fn read_to_end(
     config: &ClientConfig,
     topic: &str,
@@ -20,12 +21,31 @@ pub fn read_to_end(
     read_partitions_to_end(config, topic, None, timeout)
 }
 
+/// Like [`read_to_end`], control records included.
+pub fn read_all_to_end(
+    config: &ClientConfig,
+    topic: &str,
+    timeout: Duration,
+) -> anyhow::Result<Vec<OwnedMessage>> {
+    read_impl(config, topic, None, timeout, true)
+}
+
 /// Like [`read_to_end`] for some partitions only (`None`: all of them).
 pub fn read_partitions_to_end(
     config: &ClientConfig,
     topic: &str,
     only: Option<&[i32]>,
     timeout: Duration,
+) -> anyhow::Result<Vec<OwnedMessage>> {
+    read_impl(config, topic, only, timeout, false)
+}
+
+fn read_impl(
+    config: &ClientConfig,
+    topic: &str,
+    only: Option<&[i32]>,
+    timeout: Duration,
+    controls: bool,
 ) -> anyhow::Result<Vec<OwnedMessage>> {
     let mut config = config.clone();
     // A group id is required by librdkafka even for assign(); nothing is committed under it.
@@ -64,7 +84,9 @@ pub fn read_partitions_to_end(
     loop {
         if let Some(r) = consumer.poll(Duration::from_millis(200)) {
             let m = r?;
-            out.push(m.detach());
+            if controls || !matches!(crate::control::control_of(&m), Ok(Some(_))) {
+                out.push(m.detach());
+            }
         }
         let done = ends.iter().all(|(p, high)| {
             consumer

@@ -23,6 +23,17 @@
 //!
 //! Downstream consumers read with `isolation.level=read_committed`, so they see each output once.
 //!
+//! # Idleness and end of input
+//!
+//! A partition is idle only when it has had no unread records for the idle timeout ([`idle`]):
+//! the loop samples every partition's position against its end once a second and hands the
+//! result to [`Processor::on_progress`] before each tick. A partition with a backlog is never
+//! idle. Control records (the end-of-input mark of `cartstream_kafka::control`) are not given
+//! to [`Processor::process`] but to [`Processor::on_end_of_input`], which closes what the mark
+//! allows and forwards it with [`Output::forward_end`]; the loop writes a forwarded mark to
+//! every partition of the output topic, tagged with its input partition and their count, after
+//! the records produced before it, in the same transaction.
+//!
 //! # Rebalances
 //!
 //! No transaction is open while the consumer polls, so a rebalance never interrupts one. Records
@@ -42,9 +53,12 @@
 //! topic/partition/offset/timestamp, in the same transaction as everything else.
 
 mod args;
+pub mod idle;
 mod metrics;
 mod run;
 
 pub use args::ProcessorArgs;
+pub use cartstream_kafka::control::EndOfInput;
+pub use idle::Progress;
 pub use metrics::StageMetrics;
 pub use run::{run, Input, LoopArgs, Mode, Output, ProcessError, Processor, Topology};

@@ -24,6 +24,7 @@ pub struct StageMetrics {
     pub open_windows: IntGaugeVec,
     /// Event-time stages: events later than the grace period, set aside to a late topic.
     pub late_events: IntCounterVec,
+    pub end_marks: IntCounterVec,
 }
 
 impl StageMetrics {
@@ -101,6 +102,11 @@ impl StageMetrics {
                 "cartstream_processor_open_windows",
                 "Windows or sessions holding data and not final yet (event-time stages)",
                 &["stage"]
+            )?,
+            end_marks: register_int_counter_vec!(
+                "cartstream_processor_end_of_input_marks_total",
+                "End-of-input marks received: complete (the partition's end moved) or partial (waiting for other upstream partitions)",
+                &["stage", "state"]
             )?,
             late_events: register_int_counter_vec!(
                 "cartstream_processor_late_events_total",

@@ -9,6 +9,7 @@ use anyhow::Context;
 use cartstream_events::types::DeadLetter;
 use cartstream_events::{Encoder, Registry};
 use cartstream_kafka::context::ErrorContext;
+use cartstream_kafka::control::{self, EndMarks, EndOfInput, CONTROL_KEY};
 use cartstream_kafka::KafkaArgs;
 use cartstream_runtime::{Health, Shutdown};
 use rdkafka::config::RDKafkaLogLevel;
@@ -22,6 +23,7 @@ use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
+use crate::idle::{Progress, Sample};
 use crate::metrics::StageMetrics;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -99,12 +101,22 @@ struct OutRecord {
     kind: &'static str,
 }
 
+/// An end-of-input mark to forward to every partition of `topic`.
+struct Forward {
+    topic: String,
+    mark: EndOfInput,
+    /// The input partition it comes from and the input topic.
+    from_topic: String,
+    from_partition: i32,
+}
+
 /// What processing a batch produced.
 #[derive(Default)]
 pub struct Output {
     records: Vec<OutRecord>,
     dead: Vec<DeadLetter>,
     deduplicated: u64,
+    forwards: Vec<Forward>,
 }
 
 impl Output {
@@ -131,9 +143,40 @@ impl Output {
         });
     }
 
-    /// True when nothing was emitted (no record, no dead letter).
+    /// True when nothing was emitted (no record, no dead letter, no mark).
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty() && self.dead.is_empty()
+        self.records.is_empty() && self.dead.is_empty() && self.forwards.is_empty()
+    }
+
+    /// Forwards an end-of-input mark received on `input`'s partition to every partition of
+    /// `topic`: "no record derived from an event before `watermark` of that input partition will
+    /// come any more". Written after the records sent before it, in the same transaction; the
+    /// next stage combines the marks of every input partition ([`control::EndMarks`]).
+    pub fn forward_end(&mut self, topic: &str, input: &Input<'_>, watermark: i64) {
+        self.forwards.push(Forward {
+            topic: topic.to_string(),
+            mark: EndOfInput::at(watermark),
+            from_topic: input.topic.to_string(),
+            from_partition: input.partition,
+        });
+    }
+
+    /// Forwards an end-of-input mark that this stage makes on its own for its input partition
+    /// `(from_topic, from_partition)` (e.g. closing on idleness is not one: only marks from a
+    /// bounded source are forwarded).
+    pub fn forward_end_of(
+        &mut self,
+        topic: &str,
+        from_topic: &str,
+        from_partition: i32,
+        watermark: i64,
+    ) {
+        self.forwards.push(Forward {
+            topic: topic.to_string(),
+            mark: EndOfInput::at(watermark),
+            from_topic: from_topic.to_string(),
+            from_partition,
+        });
     }
 
     /// A state changelog record, to the partition of its input.
@@ -216,6 +259,26 @@ pub trait Processor {
         let _ = out;
         Ok(())
     }
+    /// The consumer's progress (which partitions have unread records, which are idle) was
+    /// sampled: called before every [`Processor::on_tick`]. Stages that close windows or sessions
+    /// on idleness take the rule from here ([`Progress::is_idle`]), never from their own clocks.
+    fn on_progress(&mut self, progress: &Progress) {
+        let _ = progress;
+    }
+    /// The end of input of `input`'s partition moved to `end` ("no event before `end` will
+    /// come on it any more"; `i64::MAX`: nothing at all): every upstream partition has declared
+    /// it with an end-of-input mark (see `cartstream_kafka::control`; the loop combines and
+    /// persists the marks). Close what it allows and forward it downstream
+    /// ([`Output::forward_end`]), in this batch's transaction. The default does neither.
+    async fn on_end_of_input(
+        &mut self,
+        input: &Input<'_>,
+        end: i64,
+        out: &mut Output,
+    ) -> Result<(), ProcessError> {
+        let _ = (input, end, out);
+        Ok(())
+    }
     /// The batch committed: keep the state changes made since the last commit.
     fn commit(&mut self);
     /// The batch aborted: undo the state changes made since the last commit.
@@ -234,10 +297,14 @@ fn partitions_of(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
         .collect()
 }
 
+/// One statistics sample: when, and (topic, partition, unread records).
+type Samples = (Instant, Vec<(String, i32, i64)>);
+
 struct LoopContext {
     stage: &'static str,
     errors: ErrorContext,
     events: Mutex<Vec<RebalanceEvent>>,
+    samples: Mutex<Option<Samples>>,
 }
 
 impl ClientContext for LoopContext {
@@ -251,6 +318,8 @@ impl ClientContext for LoopContext {
 
     fn stats(&self, stats: Statistics) {
         let m = StageMetrics::get();
+        let at = Instant::now();
+        let mut sample = Vec::new();
         for (topic, t) in &stats.topics {
             for (p, s) in &t.partitions {
                 if let Some(lag) = partition_lag(s) {
@@ -258,10 +327,12 @@ impl ClientContext for LoopContext {
                         m.lag
                             .with_label_values(&[self.stage, topic.as_str(), &p.to_string()])
                             .set(lag);
+                        sample.push((topic.clone(), *p, lag));
                     }
                 }
             }
         }
+        *self.samples.lock().unwrap_or_else(|p| p.into_inner()) = Some((at, sample));
     }
 }
 
@@ -447,7 +518,8 @@ pub async fn run<P: Processor>(
 
     let instance = args.instance();
     let mut cconf = kafka.consumer(&group)?;
-    cconf.set("statistics.interval.ms", "5000");
+    // Statistics feed the lag metric and the idleness rule (crate::idle): once a second.
+    cconf.set("statistics.interval.ms", "1000");
     if args.instance_id.is_some() {
         cconf.set("group.instance.id", format!("{group}-{instance}"));
     }
@@ -455,6 +527,7 @@ pub async fn run<P: Processor>(
         stage,
         errors: ErrorContext::default(),
         events: Mutex::new(Vec::new()),
+        samples: Mutex::new(None),
     })?;
     let inputs: Vec<&str> = topology.inputs.iter().map(String::as_str).collect();
     consumer.subscribe(&inputs)?;
@@ -482,6 +555,13 @@ pub async fn run<P: Processor>(
     // (topic, partition) -> next offset this instance committed, while it owns the partition;
     // re-sent with a tick-only transaction so a fenced instance cannot commit tick output.
     let mut committed: BTreeMap<(String, i32), i64> = BTreeMap::new();
+    let mut progress = Progress::default();
+    // End-of-input marks seen per input partition (tentative, and as of the last commit).
+    let ends_topic = format!("{group}.end-marks");
+    ensure_ends_topic(kafka, &ends_topic).await?;
+    let mut ends = EndMarks::default();
+    let mut ends_committed = EndMarks::default();
+    let mut partition_counts: HashMap<String, i32> = HashMap::new();
     let mut backoff = Duration::from_millis(100);
     while !shutdown.is_triggered() {
         // 1. Gather a batch.
@@ -528,17 +608,25 @@ pub async fn run<P: Processor>(
                                 owned.remove(p);
                             }
                             committed.remove(&(t.clone(), *p));
+                            progress.revoke(t, *p);
+                            ends.forget(t, *p);
+                            ends_committed.forget(t, *p);
                         }
                         processor.on_revoked(&ps);
                         tracing::info!(partitions = ?ps, "revoked");
                     }
                     RebalanceEvent::Assigned(ps) => {
+                        restore_ends(kafka, &group, &ends_topic, &ps, &mut ends)
+                            .await
+                            .with_context(|| format!("restoring end-of-input marks of {ps:?}"))?;
+                        ends_committed = ends.clone();
                         processor
                             .on_assigned(&ps)
                             .await
                             .with_context(|| format!("restoring state of {ps:?}"))?;
                         for (t, p) in &ps {
                             assigned.entry(t.clone()).or_default().insert(*p);
+                            progress.assign(t, *p);
                         }
                         tracing::info!(partitions = ?ps, "assigned");
                     }
@@ -553,6 +641,7 @@ pub async fn run<P: Processor>(
                     .get(msg.topic())
                     .is_some_and(|ps| ps.contains(&msg.partition()))
                 {
+                    progress.record(msg.topic(), msg.partition(), Instant::now());
                     batch.push(msg);
                 } else {
                     m.stale_records.with_label_values(&[stage]).inc();
@@ -565,6 +654,18 @@ pub async fn run<P: Processor>(
         if batch.is_empty() && shutdown.is_triggered() {
             continue;
         }
+        if let Some((at, sample)) = consumer
+            .context()
+            .samples
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            for (t, p, unread) in sample {
+                progress.sample(at, &t, p, Sample { unread });
+            }
+        }
+        processor.on_progress(&progress);
 
         // 2-3. Process and commit.
         let started = Instant::now();
@@ -577,6 +678,10 @@ pub async fn run<P: Processor>(
             &dlq,
             topology.dead_letter_topic,
             &committed,
+            &mut partition_counts,
+            &mut ends,
+            &ends_topic,
+            stage,
         )
         .await
         {
@@ -586,6 +691,7 @@ pub async fn run<P: Processor>(
             }
             Ok(Some((out, tpl))) => {
                 processor.commit();
+                ends_committed = ends.clone();
                 for e in tpl.elements() {
                     if let Offset::Offset(o) = e.offset() {
                         committed.insert((e.topic().to_string(), e.partition()), o);
@@ -632,6 +738,7 @@ pub async fn run<P: Processor>(
                 tracing::warn!(error = %format!("{e:#}"), backoff_ms = backoff.as_millis() as u64, "batch failed, rolling back and retrying");
                 abort(&producer, eos).context("aborting the failed batch's transaction")?;
                 processor.rollback();
+                ends = ends_committed.clone();
                 if !batch.is_empty() {
                     rewind(&consumer, &batch).context("seeking back after a failed batch")?;
                 }
@@ -731,6 +838,10 @@ async fn process_batch<P: Processor>(
     dlq: &Encoder<DeadLetter>,
     dlq_topic: &str,
     committed: &BTreeMap<(String, i32), i64>,
+    partition_counts: &mut HashMap<String, i32>,
+    ends: &mut EndMarks,
+    ends_topic: &str,
+    stage: &str,
 ) -> Result<Option<(Output, TopicPartitionList)>, BatchError> {
     let retry = |e: KafkaError, what: &str| BatchError::Retry(anyhow::anyhow!("{what}: {e}"));
     let mut out = Output::default();
@@ -743,7 +854,42 @@ async fn process_batch<P: Processor>(
             key: m.key(),
             payload: m.payload(),
         };
-        match processor.process(&input, &mut out).await {
+        let result = match control::control_of(m) {
+            Ok(None) => processor.process(&input, &mut out).await,
+            Ok(Some(mark)) => {
+                let moved = ends.observe(input.topic, input.partition, &mark);
+                if let Some(state) = ends.encode_partition(input.topic, input.partition) {
+                    let key = format!("{}/{}", input.topic, input.partition).into_bytes();
+                    out.records.push(OutRecord {
+                        topic: ends_topic.to_string(),
+                        partition: Some(0),
+                        key: Some(key),
+                        payload: Some(state),
+                        kind: "changelog",
+                    });
+                }
+                StageMetrics::get()
+                    .end_marks
+                    .with_label_values(&[
+                        stage,
+                        if moved.is_some() {
+                            "complete"
+                        } else {
+                            "partial"
+                        },
+                    ])
+                    .inc();
+                match moved {
+                    Some(end) => processor.on_end_of_input(&input, end, &mut out).await,
+                    None => Ok(()),
+                }
+            }
+            Err(e) => {
+                out.dead_letter(&input, "control", "bad_control_record", e.to_string(), None);
+                Ok(())
+            }
+        };
+        match result {
             Ok(()) => {}
             Err(ProcessError::Transient(e)) => return Err(BatchError::Retry(e)),
             Err(ProcessError::Fatal(e)) => return Err(BatchError::Fatal(e)),
@@ -779,6 +925,19 @@ async fn process_batch<P: Processor>(
             rec = rec.partition(p);
         }
         send(producer, rec).map_err(|e| retry(e, "producing"))?;
+    }
+    for f in &out.forwards {
+        let from = topic_partitions(producer, partition_counts, &f.from_topic)?;
+        let to = topic_partitions(producer, partition_counts, &f.topic)?;
+        let headers = control::owned_headers(&f.mark.forwarded(f.from_partition, from));
+        for p in 0..to {
+            let rec = BaseRecord::<[u8], [u8]>::to(&f.topic)
+                .partition(p)
+                .key(CONTROL_KEY)
+                .payload(&[][..])
+                .headers(headers.clone());
+            send(producer, rec).map_err(|e| retry(e, "forwarding end of input"))?;
+        }
     }
     for (d, payload) in out.dead.iter().zip(&dead_payloads) {
         let mut rec = BaseRecord::<[u8], [u8]>::to(dlq_topic).payload(payload.as_slice());
@@ -839,6 +998,82 @@ async fn process_batch<P: Processor>(
         }
     })?;
     Ok(Some((out, tpl)))
+}
+
+/// Creates `<group>.end-marks`: one compacted partition, one record per input partition that
+/// received end-of-input marks (its [`EndMarks`] state), written in the batch's transaction.
+async fn ensure_ends_topic(kafka: &KafkaArgs, topic: &str) -> anyhow::Result<()> {
+    use cartstream_kafka::admin;
+    let client = admin::admin_client(&kafka.admin()?)?;
+    let spec = admin::TopicSpec {
+        name: topic.to_string(),
+        partitions: 1,
+        replication: admin::internal_replication(&client)?,
+        configs: vec![("cleanup.policy", "compact".to_string())],
+    };
+    admin::ensure_topics(&client, &[spec], Duration::from_secs(30))
+        .await
+        .with_context(|| format!("creating {topic}"))?;
+    Ok(())
+}
+
+/// Reads the committed end-of-input state of `partitions` from `topic` into `ends`.
+async fn restore_ends(
+    kafka: &KafkaArgs,
+    group: &str,
+    topic: &str,
+    partitions: &[(String, i32)],
+    ends: &mut EndMarks,
+) -> anyhow::Result<()> {
+    let config = kafka.consumer(&format!("{group}-end-marks-restore"))?;
+    let t = topic.to_string();
+    let records = tokio::task::spawn_blocking(move || {
+        cartstream_kafka::read::read_to_end(&config, &t, Duration::from_secs(60))
+    })
+    .await??;
+    let wanted: HashMap<String, (String, i32)> = partitions
+        .iter()
+        .map(|(t, p)| (format!("{t}/{p}"), (t.clone(), *p)))
+        .collect();
+    for m in records {
+        let Some((t, p)) = m
+            .key()
+            .and_then(|k| std::str::from_utf8(k).ok())
+            .and_then(|k| wanted.get(k))
+        else {
+            continue;
+        };
+        ends.restore_partition(t, *p, m.payload().unwrap_or_default())
+            .map_err(|e| anyhow::anyhow!("{topic}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// The partition count of `topic`, from the cluster's metadata (cached: partitions of a topic a
+/// stage reads or writes are not changed under a running pipeline).
+fn topic_partitions(
+    producer: &BaseProducer<ProducerCtx>,
+    cache: &mut HashMap<String, i32>,
+    topic: &str,
+) -> Result<i32, BatchError> {
+    if let Some(n) = cache.get(topic) {
+        return Ok(*n);
+    }
+    let md = tokio::task::block_in_place(|| {
+        producer
+            .client()
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+    })
+    .map_err(|e| BatchError::Retry(anyhow::anyhow!("metadata of {topic}: {e}")))?;
+    let n = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map(|t| t.partitions().len() as i32)
+        .filter(|n| *n > 0)
+        .ok_or_else(|| BatchError::Retry(anyhow::anyhow!("topic {topic} has no partitions yet")))?;
+    cache.insert(topic.to_string(), n);
+    Ok(n)
 }
 
 /// Enqueues a record, serving delivery reports while librdkafka's queue is full.

@@ -52,7 +52,9 @@ use cartstream_processors::detect::{
     TrendConfig, TrendStage, UserBursts, UserConfig, MARKER_KEY,
 };
 use cartstream_processors::session::{idle_target, parse_duration_ms};
-use cartstream_stream::{Input, Output, ProcessError, Processor, ProcessorArgs, StageMetrics};
+use cartstream_stream::{
+    Input, Output, ProcessError, Processor, ProcessorArgs, Progress, StageMetrics,
+};
 use clap::Parser;
 use prometheus::{register_int_counter_vec, register_int_gauge_vec, IntCounterVec, IntGaugeVec};
 use rdkafka::Message;
@@ -153,7 +155,6 @@ fn type_label(t: AlertType) -> &'static str {
 /// An input partition whose watermark is broadcast to a repartition topic ([`SourceMarks`]).
 struct Source {
     watermark: i64,
-    last_record: Instant,
     sent: i64,
 }
 
@@ -161,31 +162,36 @@ impl Source {
     fn new() -> Self {
         Source {
             watermark: i64::MIN,
-            last_record: Instant::now(),
             sent: i64::MIN,
         }
     }
 
     fn saw(&mut self, t: i64) {
         self.watermark = self.watermark.max(t);
-        self.last_record = Instant::now();
     }
 }
 
 /// Applies the idle rule to `sources` and broadcasts the changed watermarks to every partition of
 /// `topic`.
+///
+/// Idle means caught up (`cartstream_stream::idle`): `idle` holds the partitions with nothing
+/// left to read for the idle timeout. Partitions at their end of input (watermark at the top)
+/// neither hold the others back nor are followed.
 fn broadcast_marks(
     sources: &mut HashMap<i32, Source>,
-    idle_timeout: Duration,
+    idle: &HashSet<i32>,
     topic: &str,
     partitions: i32,
     out: &mut Output,
 ) {
-    let now = Instant::now();
-    let idle = |s: &Source| now.duration_since(s.last_record) >= idle_timeout;
-    let target = idle_target(sources.values().map(|s| (s.watermark, idle(s))));
+    let target = idle_target(
+        sources
+            .iter()
+            .filter(|(_, s)| s.watermark != i64::MAX)
+            .map(|(p, s)| (s.watermark, idle.contains(p))),
+    );
     for (p, s) in sources.iter_mut() {
-        if let (Some(t), true) = (target, idle(s)) {
+        if let (Some(t), true) = (target, idle.contains(p) && s.watermark != i64::MAX) {
             s.watermark = s.watermark.max(t);
         }
         if s.watermark > s.sent {
@@ -220,6 +226,12 @@ struct Detector {
     user_cfg: UserConfig,
     price_cfg: PriceConfig,
     idle_timeout: Duration,
+    /// Owned enriched and kpi.windows partitions idle as of the last sample.
+    idle_events: HashSet<i32>,
+    idle_kpi: HashSet<i32>,
+    /// Repartition partitions whose end of input arrived in this batch: (topic, partition, end),
+    /// forwarded to the alerts after what they close.
+    pending_ends: Vec<(String, i32, i64)>,
     trends: HashMap<i32, TrendStage>,
     users: HashMap<i32, UserBursts>,
     /// Owned enriched partitions (their event-time watermarks go to the by-user partitions).
@@ -372,6 +384,49 @@ impl Processor for Detector {
         }
     }
 
+    fn on_progress(&mut self, progress: &Progress) {
+        let now = Instant::now();
+        let idle = |topic: &str, sources: &HashMap<i32, Source>| -> HashSet<i32> {
+            sources
+                .keys()
+                .copied()
+                .filter(|p| progress.is_idle(topic, *p, self.idle_timeout, now))
+                .collect()
+        };
+        self.idle_events = idle(&self.enriched_topic, &self.event_sources);
+        self.idle_kpi = idle(&self.kpi_topic, &self.kpi_sources);
+    }
+
+    async fn on_end_of_input(
+        &mut self,
+        input: &Input<'_>,
+        end: i64,
+        out: &mut Output,
+    ) -> Result<(), ProcessError> {
+        self.restore_if_rolled_back().await?;
+        if input.topic == self.enriched_topic {
+            // No purchase before `end` will come: every user window ending by then is final.
+            let s = self
+                .event_sources
+                .entry(input.partition)
+                .or_insert_with(Source::new);
+            s.watermark = s.watermark.max(end.saturating_add(self.user_cfg.grace_ms));
+            out.forward_end(&self.by_user, input, end);
+        } else if input.topic == self.kpi_topic {
+            // No window starting before `end` will come: judge every window waiting.
+            let s = self
+                .kpi_sources
+                .entry(input.partition)
+                .or_insert_with(Source::new);
+            s.watermark = s.watermark.max(end);
+            out.forward_end(&self.by_subject, input, end);
+        } else {
+            self.pending_ends
+                .push((input.topic.to_string(), input.partition, end));
+        }
+        Ok(())
+    }
+
     async fn process(&mut self, input: &Input<'_>, out: &mut Output) -> Result<(), ProcessError> {
         self.restore_if_rolled_back().await?;
         let payload = input.payload.unwrap_or_default();
@@ -520,14 +575,14 @@ impl Processor for Detector {
         self.restore_if_rolled_back().await?;
         broadcast_marks(
             &mut self.event_sources,
-            self.idle_timeout,
+            &self.idle_events,
             &self.by_user,
             self.enriched_partitions,
             out,
         );
         broadcast_marks(
             &mut self.kpi_sources,
-            self.idle_timeout,
+            &self.idle_kpi,
             &self.by_subject,
             self.kpi_partitions,
             out,
@@ -549,6 +604,14 @@ impl Processor for Detector {
         }
         for a in &alerts {
             self.alert(a, out)?;
+        }
+        // Only the by-user path forwards its end to the alerts: the alerts' partitions would
+        // otherwise get marks of two upstream topics under one partition numbering.
+        for (t, p, end) in std::mem::take(&mut self.pending_ends) {
+            tracing::info!(topic = %t, partition = p, end, "end of input: closed");
+            if t == self.by_user {
+                out.forward_end_of(&self.alerts_topic, &t, p, end);
+            }
         }
         for (p, k, v) in changes {
             if v.is_empty() {
@@ -591,6 +654,7 @@ impl Processor for Detector {
 
     fn rollback(&mut self) {
         self.pending = Pending::default();
+        self.pending_ends.clear();
         self.restore_all = true;
         // Markers of the aborted batch were not written: send them again.
         for s in self
@@ -726,6 +790,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             catalog_currency: cli.catalog_currency.clone(),
         },
         idle_timeout: Duration::from_millis(cli.idle_timeout.max(0) as u64),
+        idle_events: HashSet::new(),
+        idle_kpi: HashSet::new(),
+        pending_ends: Vec::new(),
         trends: HashMap::new(),
         event_sources: HashMap::new(),
         kpi_sources: HashMap::new(),

@@ -36,6 +36,16 @@ impl Processor for Copy {
         Ok(())
     }
     fn on_revoked(&mut self, _: &[(String, i32)]) {}
+    /// Stateless for event time: the end of input goes downstream as it came.
+    async fn on_end_of_input(
+        &mut self,
+        input: &Input<'_>,
+        end: i64,
+        out: &mut Output,
+    ) -> Result<(), ProcessError> {
+        out.forward_end(&self.to, input, end);
+        Ok(())
+    }
     async fn process(&mut self, input: &Input<'_>, out: &mut Output) -> Result<(), ProcessError> {
         out.send(
             &self.to,

@@ -23,7 +23,7 @@
 //! `kill -9` or a rebalance changes nothing in the output. After an aborted batch the state of
 //! every owned partition is rebuilt the same way before the batch is retried.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,7 +35,9 @@ use cartstream_kafka::{read, KafkaArgs, Topic};
 use cartstream_processors::session::{
     idle_target, parse_duration_ms, SessionConfig, SessionEvent, Sessions,
 };
-use cartstream_stream::{Input, Output, ProcessError, Processor, ProcessorArgs, StageMetrics};
+use cartstream_stream::{
+    Input, Output, ProcessError, Processor, ProcessorArgs, Progress, StageMetrics,
+};
 use clap::Parser;
 use prometheus::{register_int_counter_vec, register_int_gauge_vec, IntCounterVec, IntGaugeVec};
 use rdkafka::Message;
@@ -109,6 +111,12 @@ struct Sessionizer {
     changelog: String,
     idle_timeout: Duration,
     idle_wall_advance: bool,
+    /// The input topic (for the idleness rule of the loop's [`Progress`]).
+    input_topic: String,
+    /// Owned partitions idle (caught up for the idle timeout) as of the last sample.
+    idle_now: HashSet<i32>,
+    /// Partitions whose end of input arrived in this batch: forwarded after their sessions.
+    pending_ends: Vec<(i32, i64)>,
     parts: HashMap<i32, Part>,
     /// Set by a rollback: rebuild every owned partition from the changelog before going on.
     restore_all: bool,
@@ -242,19 +250,24 @@ impl Processor for Sessionizer {
                 p.last_record = now;
             }
         }
-        let idle = |p: &Part| now.duration_since(p.last_record) >= self.idle_timeout;
+        // Idle means caught up (cartstream_stream::idle): a partition with unread records is
+        // never idle, however long this instance takes to get to it. Partitions at their end of
+        // input (watermark at the top) neither hold others back nor are followed.
+        let idle_now = &self.idle_now;
+        let ended = |p: &Part| p.sessions.watermark() == i64::MAX;
         let target = idle_target(
             self.parts
-                .values()
-                .map(|p| (p.sessions.watermark(), idle(p))),
+                .iter()
+                .filter(|(_, p)| !ended(p))
+                .map(|(k, p)| (p.sessions.watermark(), idle_now.contains(k))),
         );
-        let all_idle = self.parts.values().all(idle);
+        let all_idle = self.parts.keys().all(|k| idle_now.contains(k));
         let wall_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
         let mut slowest = i64::MAX;
         for (p, part) in self.parts.iter_mut() {
-            if now.duration_since(part.last_record) >= self.idle_timeout {
+            if idle_now.contains(p) && !ended(part) {
                 if let Some(t) = target {
                     part.sessions.advance_to(t);
                 }
@@ -289,6 +302,14 @@ impl Processor for Sessionizer {
                 slowest = slowest.min(wm);
             }
         }
+        for (p, end) in std::mem::take(&mut self.pending_ends) {
+            tracing::info!(
+                partition = p,
+                end,
+                "end of input: sessions closed, mark forwarded"
+            );
+            out.forward_end_of(&self.out_topic, &self.input_topic, p, end);
+        }
         if slowest != i64::MAX {
             StageMetrics::get()
                 .watermark_lag
@@ -312,7 +333,34 @@ impl Processor for Sessionizer {
 
     fn rollback(&mut self) {
         self.late = 0;
+        self.pending_ends.clear();
         self.restore_all = true;
+    }
+
+    fn on_progress(&mut self, progress: &Progress) {
+        let now = Instant::now();
+        self.idle_now = self
+            .parts
+            .keys()
+            .copied()
+            .filter(|p| progress.is_idle(&self.input_topic, *p, self.idle_timeout, now))
+            .collect();
+    }
+
+    async fn on_end_of_input(
+        &mut self,
+        input: &Input<'_>,
+        end: i64,
+        _out: &mut Output,
+    ) -> Result<(), ProcessError> {
+        self.restore_if_rolled_back().await?;
+        // No event before `end` will come: a session whose gap has passed by then is final.
+        let grace = self.cfg.grace_ms;
+        if let Some(part) = self.parts.get_mut(&input.partition) {
+            part.sessions.advance_to(end.saturating_add(grace));
+        }
+        self.pending_ends.push((input.partition, end));
+        Ok(())
     }
 }
 
@@ -375,6 +423,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         changelog,
         idle_timeout: Duration::from_millis(cli.idle_timeout.max(0) as u64),
         idle_wall_advance: cli.idle_wall_advance,
+        input_topic: input.clone(),
+        idle_now: HashSet::new(),
+        pending_ends: Vec::new(),
         parts: HashMap::new(),
         restore_all: false,
         kafka: c.kafka.clone(),

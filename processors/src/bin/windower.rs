@@ -20,7 +20,7 @@
 //!    `<group>.changelog`, written in the same transaction as the outputs and restored on
 //!    assignment, so results are exact across `kill -9` and rebalances.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -38,7 +38,8 @@ use cartstream_processors::win_stage::{
 use cartstream_processors::window::WindowSpec;
 use cartstream_runtime::Shutdown;
 use cartstream_stream::{
-    Input, LoopArgs, Output, ProcessError, Processor, ProcessorArgs, StageMetrics, Topology,
+    Input, LoopArgs, Output, ProcessError, Processor, ProcessorArgs, Progress, StageMetrics,
+    Topology,
 };
 use clap::Parser;
 use prometheus::{register_int_counter_vec, IntCounterVec};
@@ -283,6 +284,12 @@ struct Pre {
     changelog: String,
     last_seen: HashMap<i32, Instant>,
     idle_timeout: Duration,
+    /// The input topic (for the idleness rule of the loop's [`Progress`]).
+    input_topic: String,
+    /// Owned partitions that are idle (caught up for the idle timeout), as of the last sample.
+    idle_now: HashSet<i32>,
+    /// Owned partitions whose end of input has been declared: never active, never adopted from.
+    ended: HashSet<i32>,
     remote: Remote,
     last_heartbeat: Instant,
     kafka: KafkaArgs,
@@ -316,7 +323,35 @@ impl Processor for Pre {
         for (_, p) in partitions {
             self.stage.revoke(*p);
             self.last_seen.remove(p);
+            self.ended.remove(p);
         }
+    }
+
+    fn on_progress(&mut self, progress: &Progress) {
+        let now = Instant::now();
+        self.idle_now = self
+            .last_seen
+            .keys()
+            .copied()
+            .filter(|p| progress.is_idle(&self.input_topic, *p, self.idle_timeout, now))
+            .collect();
+    }
+
+    async fn on_end_of_input(
+        &mut self,
+        input: &Input<'_>,
+        end: i64,
+        out: &mut Output,
+    ) -> Result<(), ProcessError> {
+        // No event before `end` will come: every window ending by then is complete.
+        let grace = self.stage.cfg.grace_ms;
+        self.stage
+            .advance(input.partition, end.saturating_add(grace));
+        self.ended.insert(input.partition);
+        tracing::info!(partition = input.partition, end, "end of input");
+        // After the marker on_tick writes for the advanced watermark (records precede marks).
+        out.forward_end(&self.repartition, input, end);
+        Ok(())
     }
 
     async fn process(&mut self, input: &Input<'_>, out: &mut Output) -> Result<(), ProcessError> {
@@ -361,20 +396,31 @@ impl Processor for Pre {
 
     async fn on_tick(&mut self, out: &mut Output) -> Result<(), ProcessError> {
         // Idle partitions adopt the lowest watermark of the active ones: this instance's
-        // partitions with records within the idle timeout, and other instances' partitions whose
-        // markers (not idle ones) arrived within it.
+        // partitions that are not idle (idle = caught up for the idle timeout, see
+        // cartstream_stream::idle: a backlog is never idle), and other instances' partitions
+        // whose markers (not idle ones) arrived within it. Partitions whose end of input was
+        // declared take no part.
         let now = Instant::now();
-        let (active, idle): (Vec<_>, Vec<_>) = self.stage.partitions().partition(|(p, _)| {
-            self.last_seen
-                .get(p)
-                .is_some_and(|t| now.duration_since(*t) < self.idle_timeout)
-        });
+        let ended = |p: &i32, wm: i64| wm == i64::MAX || self.ended.contains(p);
+        let (active, idle): (Vec<_>, Vec<_>) = self
+            .stage
+            .partitions()
+            .filter(|(p, m)| !ended(p, m.watermark))
+            .partition(|(p, _)| !self.idle_now.contains(p));
         let mut active_wms: Vec<i64> = active.iter().map(|(_, m)| m.watermark).collect();
-        let mut all_wms: Vec<i64> = self.stage.partitions().map(|(_, m)| m.watermark).collect();
+        let mut all_wms: Vec<i64> = self
+            .stage
+            .partitions()
+            .filter(|(p, m)| !ended(p, m.watermark))
+            .map(|(_, m)| m.watermark)
+            .collect();
         for (p, (wm, was_idle, at)) in self.remote.lock().unwrap_or_else(|p| p.into_inner()).iter()
         {
             if self.last_seen.contains_key(p) {
                 continue; // ours
+            }
+            if *wm == i64::MAX {
+                continue; // ended
             }
             all_wms.push(*wm);
             if !was_idle && now.duration_since(*at) < self.idle_timeout {
@@ -486,6 +532,9 @@ struct Merge {
     /// Business KPI metrics, fed with the final tumbling windows of committed batches.
     kpi: KpiMetrics,
     pending_kpi: Vec<KpiWindow>,
+    /// Repartition partitions whose end of input arrived in this batch: close everything it
+    /// allows in this tick and forward the mark to the output after the results.
+    pending_ends: Vec<(i32, i64)>,
 }
 
 impl Merge {
@@ -673,11 +722,18 @@ impl Processor for Merge {
         let mut results = Vec::new();
         let mut checkpoints = Vec::new();
         let mut stale = 0;
+        let ends = std::mem::take(&mut self.pending_ends);
         for p in &parts {
             let Some(state) = self.states.get_mut(p) else {
                 continue;
             };
-            results.extend(state.close_at_most(MAX_RESULTS_PER_TICK));
+            // At the end of input, everything it closes goes out before the forwarded mark.
+            let most = if ends.iter().any(|(q, _)| q == p) {
+                usize::MAX
+            } else {
+                MAX_RESULTS_PER_TICK
+            };
+            results.extend(state.close_at_most(most));
             if early {
                 results.extend(state.early_updates());
             }
@@ -695,6 +751,10 @@ impl Processor for Merge {
         }
         for (p, cp) in checkpoints {
             out.changelog(&self.changelog, p, CHECKPOINT_KEY, cp.encode());
+        }
+        for (p, end) in ends {
+            tracing::info!(partition = p, end, "end of input: forwarded");
+            out.forward_end_of(&self.out_topic, &self.input, p, end);
         }
         if stale > 0 {
             self.metrics.stale.with_label_values(&[STAGE]).inc_by(stale);
@@ -731,8 +791,20 @@ impl Processor for Merge {
         }
     }
 
+    async fn on_end_of_input(
+        &mut self,
+        input: &Input<'_>,
+        end: i64,
+        _out: &mut Output,
+    ) -> Result<(), ProcessError> {
+        self.restore_if_needed().await?;
+        self.pending_ends.push((input.partition, end));
+        Ok(())
+    }
+
     fn rollback(&mut self) {
         self.pending_kpi.clear();
+        self.pending_ends.clear();
         // Changes since the last commit are not separable: rebuild from the changelog (which
         // holds exactly the committed state) before the next record.
         self.needs_restore = true;
@@ -854,6 +926,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         changelog: pre_changelog,
         last_seen: HashMap::new(),
         idle_timeout: Duration::from_millis(cli.idle_timeout as u64),
+        input_topic: input.clone(),
+        idle_now: HashSet::new(),
+        ended: HashSet::new(),
         remote: remote.clone(),
         last_heartbeat: Instant::now(),
         kafka: c.kafka.clone(),
@@ -883,6 +958,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             cli.kpi_metrics_top_products,
         )?,
         pending_kpi: Vec::new(),
+        pending_ends: Vec::new(),
     };
     let dlq = names.name(Topic::DeadLetters);
     let dlq_subject = names.subject(Topic::DeadLetters);
