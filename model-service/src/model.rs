@@ -134,7 +134,7 @@ impl Family {
     }
 
     /// The fitted quantity for a value `v` of scale `s`.
-    fn forward(self, v: f64, s: f64) -> f64 {
+    pub fn forward(self, v: f64, s: f64) -> f64 {
         if self.log() {
             (v / s).max(0.0).ln_1p()
         } else {
@@ -143,7 +143,7 @@ impl Family {
     }
 
     /// A fitted quantity back in raw units (never below 0).
-    fn back(self, z: f64, s: f64) -> f64 {
+    pub fn back(self, z: f64, s: f64) -> f64 {
         if self.log() {
             z.exp_m1().max(0.0) * s
         } else {
@@ -172,6 +172,43 @@ impl Family {
         }
         Some(o.scale)
     }
+}
+
+impl Family {
+    /// The features of series `s` (target `target`) at origin position `t` (absolute index
+    /// `t_idx`) and `step` into `buf` ([`Family::n_features`] slots); returns the scale, `None`
+    /// without one. For comparing other learners on the same rows.
+    pub fn row(
+        self,
+        s: &SeriesData,
+        target: Target,
+        t: usize,
+        t_idx: i64,
+        step: usize,
+        buf: &mut [f64],
+    ) -> Option<f64> {
+        let mut stats = None;
+        self.features(
+            (target.values(s), &s.price),
+            t,
+            &mut stats,
+            step,
+            t_idx + step as i64,
+            buf,
+        )
+    }
+}
+
+/// A range of origin positions, inclusive.
+pub type OriginRange = (usize, usize);
+
+/// The hold-out origins and the training origins [`train`] uses for a history of `n` periods.
+pub fn split_origins(
+    n: usize,
+    cfg: &TrainConfig,
+) -> Result<(OriginRange, OriginRange), TrainError> {
+    let (e, t) = split(n, cfg)?;
+    Ok(((e.lo, e.hi), (t.lo, t.hi)))
 }
 
 fn legacy_family() -> Family {
