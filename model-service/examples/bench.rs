@@ -1,7 +1,8 @@
 //! Benchmark of the model service (run by `scripts/bench-model.sh`, in release):
-//! 1. training time of one year of hourly history for 50 categories (synthetic, with the
-//!    seasonality of `synth`), with the default settings and with the training window covering
-//!    the whole year and every row;
+//! 1. training time of one year of hourly history for 50 categories (synthetic: the simulator's
+//!    shape and the retail shape of `synth`), with the default settings and with the training
+//!    window covering the whole year and every row, for the default family (`ridge_profile_log`)
+//!    and the first model (`ridge_lags`, the figures before issue 16);
 //! 2. forecast request latency on loopback: the real API router serving the champion's forecasts
 //!    (50 categories), a load generator of `BENCH_CONNECTIONS` concurrent keep-alive clients
 //!    sending `BENCH_REQUESTS` requests in total. Client and server share the machine's cores.
@@ -40,33 +41,51 @@ fn main() {
         t.elapsed().as_secs_f64()
     );
 
-    for (name, cfg) in [
-        (
-            "default (window 672 origins, <= 60000 rows per fit)",
-            TrainConfig::default(),
-        ),
-        (
-            "whole year, every row",
-            TrainConfig {
-                train_window_periods: periods,
-                max_rows: usize::MAX,
-                ..TrainConfig::default()
-            },
-        ),
-    ] {
-        let t = Instant::now();
-        let trained = model::train(&history, &cfg, "bench", 0).unwrap();
-        let secs = t.elapsed().as_secs_f64();
-        let p = &trained.meta.holdout.purchases;
-        println!(
-            "training [{name}]: {secs:.2} s, {} rows per fit, 2 targets x {} steps x 2 fits (hold-out + refit); hold-out purchases MAE {:.3} vs seasonal-naive {:.3} (relative {:.3}), moving-average {:.3}",
-            trained.meta.rows_per_fit,
-            cfg.horizon,
-            p.mae,
-            p.seasonal_naive_mae,
-            p.relative_to_seasonal_naive.unwrap_or(f64::NAN),
-            p.moving_average_mae,
-        );
+    let retail = Synth::retail(categories, 7).history(
+        3_600_000,
+        cartstream_model_service::synth::RETAIL_START,
+        cartstream_model_service::synth::RETAIL_START + periods as i64,
+    );
+    for (shape, h) in [("today", &history), ("retail", &retail)] {
+        for family in [model::Family::RidgeProfileLog, model::Family::RidgeLags] {
+            for (name, cfg) in [
+                (
+                    "default (window 672 origins, <= 60000 rows per fit)",
+                    TrainConfig {
+                        family,
+                        ..TrainConfig::default()
+                    },
+                ),
+                (
+                    "whole year, every row",
+                    TrainConfig {
+                        family,
+                        train_window_periods: periods,
+                        max_rows: usize::MAX,
+                        ..TrainConfig::default()
+                    },
+                ),
+            ] {
+                let t = Instant::now();
+                let trained = model::train(h, &cfg, "bench", 0).unwrap();
+                let secs = t.elapsed().as_secs_f64();
+                let (p, r) = (
+                    &trained.meta.holdout.purchases,
+                    &trained.meta.holdout.revenue,
+                );
+                println!(
+                    "training {shape} {} [{name}]: {secs:.2} s, {} rows per fit; hold-out relative to seasonal-naive purchases {:.3} revenue {:.3}, to moving-average {:.3} / {:.3}, coverage {:.3} / {:.3}",
+                    family.label(),
+                    trained.meta.rows_per_fit,
+                    p.relative_to_seasonal_naive.unwrap_or(f64::NAN),
+                    r.relative_to_seasonal_naive.unwrap_or(f64::NAN),
+                    p.relative_to_moving_average.unwrap_or(f64::NAN),
+                    r.relative_to_moving_average.unwrap_or(f64::NAN),
+                    p.coverage.unwrap_or(f64::NAN),
+                    r.coverage.unwrap_or(f64::NAN),
+                );
+            }
+        }
     }
 
     // Serving: an engine with the champion installed over the last three weeks.
