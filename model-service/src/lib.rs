@@ -5,14 +5,16 @@
 //! - [`series`]: `kpi.windows` records aggregated into one value per base period (default one
 //!   hour) and series (`category/<code>`, `product/<id>`), aligned on one period index.
 //! - [`features`]: the feature vector of one (series, origin, step): lags, rolling means,
-//!   hour-of-day, day-of-week, price; all level features divided by the series' last-week mean.
-//! - [`metrics`]: MAE, sMAPE, relative error, PSI.
+//!   hour-of-week profile, trend, level, year position, hour-of-day, day-of-week, price; all level
+//!   features divided by the series' last-week mean; closed slots.
+//! - [`metrics`]: MAE, WAPE, sMAPE (also on non-zero actuals only), coverage, relative error, PSI.
 //! - [`baselines`]: seasonal-naive (one week back) and moving-average forecasts.
-//! - [`model`]: training (smartcore ridge regression, one direct model per step and target),
-//!   hold-out evaluation against the baselines, prediction, the serialisable artefact.
+//! - [`model`]: training (smartcore ridge regression, one direct model per step and target, in
+//!   one of three families), hold-out evaluation and rolling-origin backtest against the
+//!   baselines, prediction, the serialisable artefact.
 //! - [`monitor`]: live accuracy, drift and the retrain/promotion decisions ([`monitor::Engine`]).
-//! - [`synth`]: synthetic history with known hourly, daily and weekly seasonality (tests, bench,
-//!   `train --synthetic`).
+//! - [`synth`]: synthetic history with known structure, the simulator's shape and a retail
+//!   shop's year (tests, bench, `train` and `backtest` on synthetic history).
 //! - [`registry`]: versioned artefacts, metadata and the champion pointer in object storage.
 //! - [`service`], [`api`]: the Kafka reader, the CQL writer, the metrics and the HTTP API.
 //!

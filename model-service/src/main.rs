@@ -37,7 +37,8 @@ enum Cmd {
     /// Run the service: replay kpi.windows, train, serve the API, monitor and retrain.
     Run(Box<RunArgs>),
     /// Train once from kpi.windows (read to its end) or synthetic history; store the model and
-    /// promote it if it beats seasonal-naive (and the champion by the margin).
+    /// promote it if it beats seasonal-naive and the moving average on every target (and the
+    /// champion by the margin).
     Train(Box<TrainArgs>),
     /// Rolling-origin backtest over kpi.windows (read to its end) or synthetic history: per target
     /// and horizon step, the model's MAE next to seasonal-naive's and the moving average's over
