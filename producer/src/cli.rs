@@ -10,6 +10,19 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::faults::Malformed;
 use crate::progress::ProgressMode;
+use crate::replay::{GuestUsers, ProductIds};
+
+/// The end-of-input mark written to every partition of the raw topic once a bounded run's
+/// records are all acknowledged (see `cartstream_kafka::control`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EndMark {
+    /// "Nothing more will come": every window and session may close.
+    Max,
+    /// "Nothing before the run's highest event time will come".
+    Last,
+    /// No mark: the input goes on (live).
+    None,
+}
 
 #[derive(Parser)]
 #[command(
@@ -50,7 +63,9 @@ pub struct Common {
     pub names: TopicNames,
     #[command(flatten)]
     pub service: ServiceArgs,
-    /// Encode everything but send nothing (no Kafka, no registry): for sizing and timing.
+    /// Encode everything but send nothing (no Kafka, no registry): for sizing and timing. A
+    /// replay also prints its column mapping, the first rows as they would be sent and the
+    /// rejections and duplicates to expect.
     #[arg(long, env = "PRODUCER_DRY_RUN")]
     pub dry_run: bool,
     /// Progress display: a bar on a terminal, plain lines otherwise (auto), or forced.
@@ -162,6 +177,11 @@ pub struct SimulateArgs {
     /// Write the ground truth (exact KPIs of what was sent, JSON) to this file at the end.
     #[arg(long, env = "PRODUCER_GROUND_TRUTH")]
     pub ground_truth: Option<PathBuf>,
+    /// With --count or --duration-secs: at the end, once every record is acknowledged, write an
+    /// end-of-input mark to every partition of the raw topic (max: nothing more will come; last:
+    /// nothing before the last event time sent). Default none: the input is live.
+    #[arg(long, env = "PRODUCER_END_OF_INPUT", value_enum, default_value_t = EndMark::None)]
+    pub end_of_input: EndMark,
 }
 
 #[derive(Args, Clone)]
@@ -212,6 +232,31 @@ pub struct ReplayArgs {
     /// --column event_time=timestamp.
     #[arg(long = "column", env = "PRODUCER_COLUMNS", value_delimiter = ';', value_parser = parse_mapping)]
     pub columns: Vec<(String, String)>,
+    /// Give a column the same value on every row, as target=value (repeatable), e.g.
+    /// --set event_type=purchase; it replaces a column of that name in the file.
+    #[arg(long = "set", env = "PRODUCER_SET", value_delimiter = ';', value_parser = parse_mapping)]
+    pub set: Vec<(String, String)>,
+    /// How product_id is read: number (integers) or sku (strings such as 85123A, each mapped to
+    /// a stable id in [2^52, 2^53)).
+    #[arg(long, env = "PRODUCER_PRODUCT_IDS", value_enum, default_value_t = ProductIds::Number)]
+    pub product_ids: ProductIds,
+    /// Rows without a user_id (guest checkouts): anonymous (one stable id per user_session, in
+    /// [2^51, 2^52)) or reject (skipped as guest_user, counted in the report).
+    #[arg(long, env = "PRODUCER_GUEST_USERS", value_enum, default_value_t = GuestUsers::Anonymous)]
+    pub guest_users: GuestUsers,
+    /// The file's time format as a chrono strftime pattern (UTC unless it has %z), e.g.
+    /// "%m/%d/%Y %H:%M"; matching times are sent as RFC 3339. Default: the formats the cleaner
+    /// reads, sent as written.
+    #[arg(long, env = "PRODUCER_TIME_FORMAT")]
+    pub time_format: Option<String>,
+    /// With --dry-run: how many rows to print as they would be sent.
+    #[arg(long, env = "PRODUCER_SAMPLE_ROWS", default_value_t = 5)]
+    pub sample_rows: usize,
+    /// Once every row is acknowledged, write an end-of-input mark to every partition of the raw
+    /// topic: max (nothing more will come), last (nothing before the replay's highest event
+    /// time) or none.
+    #[arg(long, env = "PRODUCER_END_OF_INPUT", value_enum, default_value_t = EndMark::Max)]
+    pub end_of_input: EndMark,
     /// Currency of the events when the file has no currency column.
     #[arg(long, env = "PRODUCER_CURRENCY", default_value = "USD")]
     pub currency: String,
@@ -278,6 +323,11 @@ mod tests {
         assert!(cli.command.is_none());
         assert_eq!(cli.simulate.count, Some(5));
         assert_eq!(cli.simulate.catalog.products, 2000);
+        assert_eq!(
+            cli.simulate.end_of_input,
+            EndMark::None,
+            "a simulation is live"
+        );
         let cli = Cli::try_parse_from([
             "p",
             "replay",
@@ -293,6 +343,43 @@ mod tests {
             panic!("replay")
         };
         assert_eq!(r.columns, vec![("event_time".into(), "ts".into())]);
+        assert_eq!(r.end_of_input, EndMark::Max, "a replay ends its input");
+        assert_eq!(r.product_ids, ProductIds::Number);
+        assert_eq!(r.guest_users, GuestUsers::Anonymous);
+        let cli = Cli::try_parse_from([
+            "p",
+            "replay",
+            "--file",
+            "orders.csv",
+            "--set",
+            "event_type=purchase",
+            "--set",
+            "Currency=GBP",
+            "--product-ids",
+            "sku",
+            "--guest-users",
+            "reject",
+            "--end-of-input",
+            "last",
+            "--time-format",
+            "%m/%d/%Y %H:%M",
+        ])
+        .unwrap();
+        let Some(Command::Replay(r)) = cli.command else {
+            panic!("replay")
+        };
+        assert_eq!(
+            r.set,
+            vec![
+                ("event_type".into(), "purchase".into()),
+                ("currency".into(), "GBP".into())
+            ]
+        );
+        assert_eq!(
+            (r.product_ids, r.guest_users, r.end_of_input),
+            (ProductIds::Sku, GuestUsers::Reject, EndMark::Last)
+        );
+        assert!(Cli::try_parse_from(["p", "replay", "--file", "f", "--set", "novalue"]).is_err());
         let cli = Cli::try_parse_from([
             "p",
             "simulate",

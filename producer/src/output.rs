@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
+use cartstream_kafka::control::{self, EndOfInput};
 use cartstream_kafka::KafkaArgs;
 use cartstream_runtime::Shutdown;
 use prometheus::IntCounter;
@@ -165,6 +166,64 @@ impl Output {
                 Err((e, _)) => return Err(anyhow::anyhow!("cannot send to {topic}: {e}")),
             }
         }
+    }
+
+    /// The number of partitions of `topic` (a dry run: `None`).
+    pub fn partitions(&self, topic: &str, timeout: Duration) -> anyhow::Result<Option<i32>> {
+        let producer = match self {
+            Output::Kafka { producer, .. } => producer,
+            Output::DryRun { .. } => return Ok(None),
+        };
+        let md = producer
+            .client()
+            .fetch_metadata(Some(topic), timeout)
+            .with_context(|| format!("reading the metadata of {topic}"))?;
+        let n = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none())
+            .map_or(0, |t| t.partitions().len());
+        if n == 0 {
+            anyhow::bail!("topic {topic} does not exist or has no partitions");
+        }
+        Ok(Some(n as i32))
+    }
+
+    /// Writes the end-of-input control record `mark` to every partition of `topic` (see
+    /// `cartstream_kafka::control`), then waits until they are acknowledged. Call it after the
+    /// data records are flushed: a mark must not overtake them. Returns the partitions written
+    /// (0 in a dry run).
+    pub fn end_of_input(
+        &self,
+        topic: &str,
+        mark: &EndOfInput,
+        timeout: Duration,
+    ) -> anyhow::Result<i32> {
+        let Some(n) = self.partitions(topic, timeout)? else {
+            return Ok(0);
+        };
+        let Output::Kafka { producer, .. } = self else {
+            return Ok(0);
+        };
+        let failed = self.deliveries().failed();
+        for p in 0..n {
+            let record = BaseRecord::to(topic)
+                .partition(p)
+                .key(control::CONTROL_KEY)
+                .payload(&[][..])
+                .headers(control::owned_headers(mark));
+            producer.send(record).map_err(|(e, _)| {
+                anyhow::anyhow!("cannot send the end-of-input mark to {topic}/{p}: {e}")
+            })?;
+        }
+        self.flush(timeout)?;
+        if self.deliveries().failed() > failed {
+            anyhow::bail!(
+                "the end-of-input mark was not delivered to every partition of {topic}: {}",
+                self.deliveries().first_error().unwrap_or_default()
+            );
+        }
+        Ok(n)
     }
 
     /// Records handed over but not acknowledged yet.

@@ -8,19 +8,20 @@
 //! them), and sessions spread load evenly where user ids would not (one heavy user or bot would
 //! make a hot partition). Dimension records are keyed by their id in decimal text.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use cartstream_events::types::{Product, RawEvent, SourceMeta, User};
 use cartstream_events::{Contract, Encoder};
+use cartstream_kafka::control::{self, EndOfInput};
 use cartstream_kafka::{Topic, TopicNames};
 use cartstream_runtime::Shutdown;
 use serde_json::json;
 
 use crate::catalog::{is_known_currency, known_currencies, Catalog};
-use crate::cli::{CatalogArgs, Common, LoadCatalogArgs, ReplayArgs, SimulateArgs};
+use crate::cli::{CatalogArgs, Common, EndMark, LoadCatalogArgs, ReplayArgs, SimulateArgs};
 use crate::clock::{format_rfc3339_into, parse_duration_ms, parse_instant, Pacer};
 use crate::fastavro::FastRawWriter;
 use crate::faults::{Delay, FaultConfig, Injector, Kind, Malformed, UNKNOWN_SCHEMA_ID};
@@ -374,6 +375,9 @@ pub async fn simulate(
     let catalog = load_catalog(&args.catalog, args.seed, now)?;
     let config = sim_config(&args, &catalog, now, producer_id)?;
     let faults = fault_config(&args)?;
+    if args.end_of_input != EndMark::None && args.count.is_none() && args.duration_secs.is_none() {
+        anyhow::bail!("--end-of-input needs a bounded run: give --count or --duration-secs");
+    }
     let (enc, out) = connect(&args.common, &metrics).await?;
     let names = args.common.names.clone();
     if !args.skip_dimensions {
@@ -540,7 +544,13 @@ fn simulate_loop(
     }
     progress.finish();
     metrics.bytes.inc_by(totals.bytes);
-    let result = finish(out, &totals, started, "events", shutdown);
+    let mut result = finish(out, &totals, started, "events", shutdown);
+    if result.is_ok() {
+        let last = (clock_ms != i64::MIN).then_some(clock_ms);
+        if let Err(e) = write_end_of_input(out, &raw_topic, args.end_of_input, last, shutdown) {
+            result = Err(e);
+        }
+    }
     if let (Some(path), Some(t)) = (&args.ground_truth, truth.as_mut()) {
         let inj = injector.injected();
         t.extra.insert("source".into(), json!("simulate"));
@@ -655,6 +665,19 @@ pub struct ReplayReport {
     pub skipped: BTreeMap<&'static str, SkipDetail>,
     /// Rows sent that a cleaner must reject, by its rejection code.
     pub cleaner_will_reject: BTreeMap<&'static str, u64>,
+    /// Rows sent without a user, as the anonymous user of their session.
+    pub guests: u64,
+    /// Distinct SKUs (`--product-ids sku`).
+    pub skus: u64,
+    /// SKUs whose derived id another SKU of the file already had (their events merge).
+    pub sku_collisions: Vec<(String, String)>,
+    /// With `--dry-run`: rows sent whose event id an earlier row of the file already had (exact
+    /// duplicates, which the cleaner drops).
+    pub duplicate_ids: Option<u64>,
+    /// Highest event time sent (ms), when any row's time parsed.
+    pub max_event_time: Option<i64>,
+    /// The end-of-input mark written after the rows (`max` or ms), and to how many partitions.
+    pub end_of_input: Option<serde_json::Value>,
     /// Set when the end of the file could not be read (e.g. a truncated gzip stream).
     pub unreadable_rest: Option<serde_json::Value>,
 }
@@ -664,6 +687,84 @@ pub struct SkipDetail {
     pub count: u64,
     /// The first line numbers (1-based, the header is line 1).
     pub lines: Vec<u64>,
+}
+
+/// The mapping of a replay from its flags.
+pub fn replay_mapping(args: &ReplayArgs) -> replay::Mapping {
+    replay::Mapping {
+        columns: args.columns.clone(),
+        constants: args.set.clone(),
+        product_ids: args.product_ids,
+        guests: args.guest_users,
+        time_format: args.time_format.clone(),
+    }
+}
+
+/// The mapping as `--dry-run` prints it.
+pub fn describe_mapping(cols: &replay::Columns, default_currency: &str) -> String {
+    use replay::Source;
+    let mut out = String::from("mapping (target <- source):\n");
+    for (target, source) in cols.sources() {
+        let from = match (target, source) {
+            (_, Some(Source::Column(i, name))) => format!("column {name:?} (#{})", i + 1),
+            (_, Some(Source::Constant(v))) => format!("constant {v:?}"),
+            ("category_id", None) => "none: 0".to_string(),
+            ("quantity", None) => "none: 1".to_string(),
+            ("currency", None) => format!("none: {default_currency} (--currency)"),
+            ("event_id", None) => "none: derived from the row's content".to_string(),
+            (_, None) => "none: null".to_string(),
+        };
+        let note = match (target, cols.product_ids()) {
+            ("product_id", replay::ProductIds::Sku) => {
+                " as a SKU, mapped to a stable id in [2^52, 2^53)"
+            }
+            _ => "",
+        };
+        out.push_str(&format!("  {target:<14} <- {from}{note}\n"));
+    }
+    let unused = cols.unused();
+    if !unused.is_empty() {
+        out.push_str(&format!("  unused columns: {}\n", unused.join(", ")));
+    }
+    out
+}
+
+/// The end-of-input mark of a bounded run, from the flag and the highest event time sent.
+pub fn end_mark(flag: EndMark, max_event_time: Option<i64>) -> Option<EndOfInput> {
+    match flag {
+        EndMark::None => None,
+        EndMark::Max => Some(EndOfInput::end()),
+        EndMark::Last => max_event_time.map(EndOfInput::at),
+    }
+}
+
+/// Writes the run's end-of-input mark (after `finish` flushed the data records), reporting it.
+fn write_end_of_input(
+    out: &Output,
+    topic: &str,
+    flag: EndMark,
+    max_event_time: Option<i64>,
+    shutdown: &Shutdown,
+) -> anyhow::Result<Option<serde_json::Value>> {
+    if flag == EndMark::None {
+        return Ok(None);
+    }
+    if shutdown.is_triggered() {
+        println!("end of input: not written (stopped by signal: the input did not end)");
+        return Ok(None);
+    }
+    let Some(mark) = end_mark(flag, max_event_time) else {
+        println!("end of input: not written (--end-of-input last, but no event time was sent)");
+        return Ok(None);
+    };
+    let shown = control::format_watermark(mark.watermark);
+    if matches!(out, Output::DryRun { .. }) {
+        println!("end of input: would write watermark {shown} to every partition of {topic}");
+        return Ok(Some(json!({"watermark": shown, "partitions": 0})));
+    }
+    let n = out.end_of_input(topic, &mark, Duration::from_secs(60))?;
+    println!("end of input: watermark {shown} written to {n} partitions of {topic}");
+    Ok(Some(json!({"watermark": shown, "partitions": n})))
 }
 
 /// `replay`: every row of the file that forms an event, once, in file order.
@@ -677,12 +778,16 @@ pub async fn replay(
         .with_context(|| format!("cannot open --file {}", args.file.display()))?;
     let input =
         replay::decompress(file).with_context(|| format!("cannot read {}", args.file.display()))?;
-    let rows = replay::Rows::new(input, &args.columns)
+    let rows = replay::Rows::new(input, &replay_mapping(&args))
         .with_context(|| format!("reading the header of {}", args.file.display()))?;
     let max_gap = match &args.max_gap {
         Some(g) => Some(parse_duration_ms(g).map_err(anyhow::Error::msg)?),
         None => None,
     };
+    if args.common.dry_run {
+        println!("dry run of {}: nothing is sent", args.file.display());
+        print!("{}", describe_mapping(rows.columns(), &args.currency));
+    }
     let (enc, out) = connect(&args.common, &metrics).await?;
     on_ready();
     tokio::task::spawn_blocking(move || {
@@ -711,6 +816,10 @@ fn replay_loop(
         file: args.file.display().to_string(),
         ..Default::default()
     };
+    let dry_run = args.common.dry_run;
+    let mut ids_seen: Option<HashSet<String>> = dry_run.then(HashSet::new);
+    let mut skus: HashMap<i64, String> = HashMap::new();
+    let mut samples = 0usize;
     let mut pacer = Pacer::new(args.speed, max_gap);
     let mut shift: Option<i64> = None;
     let mut progress = Progress::new(args.common.progress, args.limit, "rows");
@@ -752,6 +861,22 @@ fn replay_loop(
                         std::thread::sleep(Duration::from_secs_f64(wait));
                     }
                 }
+                if row.guest {
+                    report.guests += 1;
+                }
+                if let Some(sku) = &row.sku {
+                    match skus.get(&row.product_id) {
+                        None => {
+                            skus.insert(row.product_id, sku.clone());
+                        }
+                        Some(first) if first != sku => {
+                            if report.sku_collisions.len() < 20 {
+                                report.sku_collisions.push((first.clone(), sku.clone()));
+                            }
+                        }
+                        Some(_) => {}
+                    }
+                }
                 let now = wall_ms();
                 let meta = SourceMeta {
                     system: "replay".into(),
@@ -761,10 +886,15 @@ fn replay_loop(
                     sent_at: now,
                 };
                 let mut ev = row.into_event(&args.currency, meta);
+                let mut sent_time = time;
                 if let (true, Some(t)) = (args.shift_to_now, time) {
                     let s = *shift.get_or_insert(now - t);
                     ev.event_time.clear();
                     format_rfc3339_into(t + s, &mut ev.event_time);
+                    sent_time = Some(t + s);
+                }
+                if let Some(t) = sent_time {
+                    report.max_event_time = Some(report.max_event_time.map_or(t, |m| m.max(t)));
                 }
                 buf.clear();
                 enc.encode_event(&ev, &mut buf)?;
@@ -779,6 +909,18 @@ fn replay_loop(
                 metrics.event(&ev.event_type).inc();
                 if let Err(code) = validate(&ev) {
                     *report.cleaner_will_reject.entry(code).or_default() += 1;
+                } else if let Some(seen) = ids_seen.as_mut() {
+                    if !seen.insert(ev.event_id.clone()) {
+                        *report.duplicate_ids.get_or_insert(0) += 1;
+                    }
+                }
+                if dry_run && samples < args.sample_rows {
+                    samples += 1;
+                    println!(
+                        "row {line} as sent (key {:?}): {}",
+                        ev.user_session.as_deref().unwrap_or(""),
+                        serde_json::to_string(&ev)?
+                    );
                 }
                 if let Some(t) = time {
                     metrics.event_time.set(t as f64 / 1000.0);
@@ -798,8 +940,24 @@ fn replay_loop(
         });
     }
     progress.finish();
+    report.skus = skus.len() as u64;
+    if dry_run {
+        report.duplicate_ids.get_or_insert(0);
+    }
     metrics.bytes.inc_by(totals.bytes);
-    let result = finish(out, &totals, started, "rows", shutdown);
+    let mut result = finish(out, &totals, started, "rows", shutdown);
+    if result.is_ok() {
+        match write_end_of_input(
+            out,
+            &topic,
+            args.end_of_input,
+            report.max_event_time,
+            shutdown,
+        ) {
+            Ok(v) => report.end_of_input = v,
+            Err(e) => result = Err(e),
+        }
+    }
     let skipped: u64 = report.skipped.values().map(|d| d.count).sum();
     println!(
         "replay {}: {} rows, {} sent, {skipped} skipped",
@@ -810,6 +968,19 @@ fn replay_loop(
     }
     for (code, n) in &report.cleaner_will_reject {
         println!("  sent, the cleaner will reject as {code}: {n}");
+    }
+    if let Some(n) = report.duplicate_ids {
+        println!("  sent, the cleaner will drop as exact duplicates: {n}");
+    }
+    if report.guests > 0 {
+        println!("  guest rows sent as anonymous users: {}", report.guests);
+    }
+    if args.product_ids == replay::ProductIds::Sku {
+        println!(
+            "  distinct SKUs: {} (id collisions: {})",
+            report.skus,
+            report.sku_collisions.len()
+        );
     }
     if let Some(u) = &report.unreadable_rest {
         println!("  the rest of the file could not be read: {u}");

@@ -211,3 +211,217 @@ async fn gzip_files_replay_at_a_speed_and_a_truncated_stream_ends_cleanly() {
     );
     ns.cleanup().await;
 }
+
+/// An order export in the UCI Online Retail layout: `invoices` invoices of 1-5 lines, a quarter
+/// of them guest checkouts (no customer), SKUs such as `85123A`, the same SKU repeated within an
+/// invoice at another quantity, and some exact duplicate lines. Returns the file and the number
+/// of exact duplicate lines.
+fn order_export(invoices: usize) -> (String, usize) {
+    let skus = [
+        "85123A", "71053", "84406B", "84029G", "22752", "21730", "POST", "DOT",
+    ];
+    let mut text =
+        "InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country\n"
+            .to_string();
+    let mut dups = 0;
+    for i in 0..invoices {
+        let invoice = 536_365 + i;
+        let customer = if i % 4 == 3 {
+            String::new()
+        } else {
+            format!("{}.0", 12_000 + i % 37)
+        };
+        let (day, minute) = (1 + i / 200, i % 200);
+        let time = format!("12/{day}/2010 {}:{:02}", 8 + minute / 60, minute % 60);
+        let mut lines = Vec::new();
+        for l in 0..(1 + i % 5) {
+            let sku = skus[(i + l) % skus.len()];
+            let quantity = 1 + (i + 3 * l) % 12;
+            lines.push(format!(
+                "{invoice},{sku},\"ITEM {sku}, BOXED\",{quantity},{time},{}.{:02},{customer},United Kingdom\n",
+                1 + l,
+                (i * 7) % 100
+            ));
+            if l == 0 && i % 3 == 0 {
+                // The same SKU again at another quantity: a distinct line.
+                lines.push(format!(
+                    "{invoice},{sku},\"ITEM {sku}, BOXED\",{},{time},1.{:02},{customer},United Kingdom\n",
+                    quantity + 12,
+                    (i * 7) % 100
+                ));
+            }
+        }
+        if i % 10 == 5 {
+            lines.push(lines[0].clone());
+            dups += 1;
+        }
+        text.extend(lines);
+    }
+    (text, dups)
+}
+
+fn order_args(file: &str) -> Vec<String> {
+    [
+        "replay",
+        "--file",
+        file,
+        "--column",
+        "event_time=InvoiceDate",
+        "--column",
+        "product_id=StockCode",
+        "--column",
+        "quantity=Quantity",
+        "--column",
+        "price=UnitPrice",
+        "--column",
+        "user_id=CustomerID",
+        "--column",
+        "user_session=InvoiceNo",
+        "--set",
+        "event_type=purchase",
+        "--currency",
+        "GBP",
+        "--product-ids",
+        "sku",
+        "--time-format",
+        "%m/%d/%Y %H:%M",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_export_replays_with_no_line_lost_and_ends_every_partition() {
+    let ns = Namespace::new("porders").await;
+    let (text, dups) = order_export(400);
+    let lines = text.lines().count() - 1;
+    let file = temp_path("online_retail.csv");
+    std::fs::write(&file, &text).unwrap();
+
+    // A dry run: the mapping, sample rows and the rejections to expect, and nothing sent.
+    let mut dry = order_args(file.to_str().unwrap());
+    dry.extend([
+        "--dry-run".to_string(),
+        "--sample-rows".to_string(),
+        "2".to_string(),
+    ]);
+    let dry: Vec<&str> = dry.iter().map(String::as_str).collect();
+    let shown = stdout(&ns.run(&dry));
+    assert!(
+        shown.contains("event_type     <- constant \"purchase\""),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("product_id     <- column \"StockCode\" (#2) as a SKU"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("unused columns: Description, Country"),
+        "{shown}"
+    );
+    assert_eq!(shown.matches("as sent (key").count(), 2, "{shown}");
+    assert!(
+        shown.contains(&format!("will drop as exact duplicates: {dups}")),
+        "{shown}"
+    );
+    assert!(shown.contains("would write watermark max"), "{shown}");
+    assert_eq!(ns.read(Topic::Raw).len(), 0, "a dry run sends nothing");
+
+    let args = order_args(file.to_str().unwrap());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let shown = stdout(&ns.run(&args));
+    assert!(
+        shown.contains(&format!("{lines} rows, {lines} sent, 0 skipped")),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("end of input: watermark max written to 3 partitions"),
+        "{shown}"
+    );
+    let events = sent_events(&ns).await;
+    assert_eq!(events.len(), lines, "every line is on the raw topic");
+    let mut by_line: Vec<i64> = events.iter().map(|(_, e)| e.source.line.unwrap()).collect();
+    by_line.sort_unstable();
+    assert_eq!(by_line, (2..=lines as i64 + 1).collect::<Vec<_>>());
+    let ids: std::collections::HashSet<&str> =
+        events.iter().map(|(_, e)| e.event_id.as_str()).collect();
+    assert_eq!(
+        ids.len(),
+        lines - dups,
+        "one id per line that is not an exact duplicate"
+    );
+    // Every line passes the cleaner's rules: none is lost to a rejection either.
+    for (key, e) in &events {
+        assert_eq!(cartstream_producer::truth::validate(e).err(), None, "{e:?}");
+        assert_eq!(key.as_deref(), e.user_session.as_deref());
+        assert_eq!(e.event_type, "purchase");
+        assert_eq!(e.currency, "GBP");
+    }
+    let guests = events
+        .iter()
+        .filter(|(_, e)| e.user_id >= cartstream_producer::replay::GUEST_ID_BASE)
+        .count();
+    assert!(guests > lines / 8, "guest checkouts kept: {guests}");
+
+    // Every partition ends with the end-of-input mark, after its data records.
+    let config = ns.kafka.consumer("it-producer-reader").unwrap();
+    let all = cartstream_kafka::read::read_all_to_end(
+        &config,
+        &ns.names.name(Topic::Raw),
+        std::time::Duration::from_secs(60),
+    )
+    .unwrap();
+    let mut last: BTreeMap<i32, &rdkafka::message::OwnedMessage> = BTreeMap::new();
+    for m in &all {
+        let e = last.entry(m.partition()).or_insert(m);
+        if m.offset() > e.offset() {
+            *e = m;
+        }
+    }
+    assert_eq!(last.len(), 3);
+    for m in last.values() {
+        let mark = cartstream_kafka::control::control_of(*m).unwrap();
+        assert_eq!(
+            mark,
+            Some(cartstream_kafka::control::EndOfInput::end()),
+            "partition {}",
+            m.partition()
+        );
+        assert_eq!(m.key(), Some(cartstream_kafka::control::CONTROL_KEY));
+    }
+    assert_eq!(all.len(), lines + 3, "one mark per partition");
+
+    // Replayed again: the same ids, and with --end-of-input last the mark is the last time.
+    let mut again = order_args(file.to_str().unwrap());
+    again.extend(["--end-of-input".to_string(), "last".to_string()]);
+    let again: Vec<&str> = again.iter().map(String::as_str).collect();
+    ns.run(&again);
+    let events2 = sent_events(&ns).await;
+    let ids2: std::collections::HashSet<&str> =
+        events2.iter().map(|(_, e)| e.event_id.as_str()).collect();
+    assert_eq!(ids2, ids, "a second replay gives the same ids");
+    let max_time = events
+        .iter()
+        .map(|(_, e)| cartstream_producer::clock::parse_event_time(&e.event_time).unwrap())
+        .max()
+        .unwrap();
+    let all = cartstream_kafka::read::read_all_to_end(
+        &config,
+        &ns.names.name(Topic::Raw),
+        std::time::Duration::from_secs(60),
+    )
+    .unwrap();
+    let marks: Vec<i64> = all
+        .iter()
+        .filter_map(|m| cartstream_kafka::control::control_of(m).unwrap())
+        .map(|m| m.watermark)
+        .collect();
+    assert_eq!(marks.len(), 6);
+    assert_eq!(
+        marks.iter().filter(|w| **w == max_time).count(),
+        3,
+        "{marks:?}"
+    );
+    ns.cleanup().await;
+}
