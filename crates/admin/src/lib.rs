@@ -1,6 +1,7 @@
 //! Operations on a cartstream deployment: bootstrap (topics + schemas), inspect (read a topic
 //! back and summarise it), and schema compatibility checks. The binary `cartstream-admin` is a
-//! thin CLI over these functions, which integration tests call directly.
+//! thin CLI over these functions, which integration tests call directly. [`end_input`] declares
+//! the end of input of any topic (the control record of `cartstream_kafka::control`).
 
 pub mod offsets;
 
@@ -137,4 +138,49 @@ pub async fn inspect(
         }
     }
     Ok(s)
+}
+
+/// Writes the end-of-input mark `watermark` (epoch ms, `i64::MAX` for "nothing more will come")
+/// to every partition of `topic` and waits for each to be acknowledged. Returns (partition,
+/// offset) of each mark. Run it once the topic's producers have stopped: a record written after
+/// the mark is behind the end the mark declared.
+pub async fn end_input(
+    kafka: &KafkaArgs,
+    topic: &str,
+    watermark: i64,
+    timeout: Duration,
+) -> anyhow::Result<Vec<(i32, i64)>> {
+    use cartstream_kafka::control::{self, EndOfInput};
+    use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+    let producer: FutureProducer = kafka
+        .producer()?
+        .create()
+        .with_context(|| format!("creating a Kafka producer for {}", kafka.brokers))?;
+    let md = producer
+        .client()
+        .fetch_metadata(Some(topic), timeout)
+        .with_context(|| format!("reading the metadata of {topic}"))?;
+    let n = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map_or(0, |t| t.partitions().len()) as i32;
+    if n == 0 {
+        anyhow::bail!("topic {topic} does not exist or has no partitions");
+    }
+    let mark = EndOfInput::at(watermark);
+    let mut out = Vec::new();
+    for p in 0..n {
+        let record = FutureRecord::to(topic)
+            .partition(p)
+            .key(control::CONTROL_KEY)
+            .payload(&[][..])
+            .headers(control::owned_headers(&mark));
+        let delivery = producer
+            .send(record, timeout)
+            .await
+            .map_err(|(e, _)| anyhow::anyhow!("cannot write the mark to {topic}/{p}: {e}"))?;
+        out.push((delivery.partition, delivery.offset));
+    }
+    Ok(out)
 }

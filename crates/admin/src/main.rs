@@ -64,6 +64,16 @@ enum Command {
     },
     /// List the topics of the catalog with their subjects.
     Topics,
+    /// Declare the end of input of a topic: write an end-of-input control record to every
+    /// partition (stages close every window and session the mark allows and forward it).
+    EndInput {
+        /// Topic (without the prefix), e.g. purchases.raw.
+        #[arg(long)]
+        topic: String,
+        /// max (nothing more will come) or epoch milliseconds (nothing before that time).
+        #[arg(long, default_value = "max", value_parser = parse_watermark)]
+        watermark: i64,
+    },
     /// Move a stopped consumer group's offsets (replay from the start or from a time). Prints the
     /// plan; writes it only with --execute. Refuses while the group has active members.
     ResetOffsets {
@@ -80,6 +90,11 @@ enum Command {
         #[arg(long)]
         execute: bool,
     },
+}
+
+fn parse_watermark(s: &str) -> Result<i64, String> {
+    cartstream_kafka::control::parse_watermark(s)
+        .ok_or_else(|| format!("expected max or epoch milliseconds, got {s:?}"))
 }
 
 #[tokio::main]
@@ -219,6 +234,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{} is NOT compatible with {subject}", file.display());
                 Ok(ExitCode::from(3))
             }
+        }
+        Command::EndInput { topic, watermark } => {
+            let full = format!("{}{}", cli.names.topic_prefix, topic);
+            let marks =
+                cartstream_admin::end_input(&cli.kafka, &full, watermark, Duration::from_secs(30))
+                    .await?;
+            println!(
+                "{full}: end of input {} written to {} partitions",
+                cartstream_kafka::control::format_watermark(watermark),
+                marks.len()
+            );
+            for (p, offset) in &marks {
+                println!("  {full}/{p} at offset {offset}");
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Topics => {
             for t in Topic::ALL {
