@@ -1035,3 +1035,20 @@ pub async fn load_catalog_cmd(
     })
     .await?
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_end_mark_follows_the_flag() {
+        assert_eq!(end_mark(EndMark::None, Some(5)), None);
+        assert_eq!(end_mark(EndMark::Max, None), Some(EndOfInput::end()));
+        assert_eq!(end_mark(EndMark::Last, Some(5)), Some(EndOfInput::at(5)));
+        assert_eq!(
+            end_mark(EndMark::Last, None),
+            None,
+            "nothing timed was sent"
+        );
+    }
+}
