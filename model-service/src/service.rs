@@ -472,6 +472,11 @@ impl EngineLoop {
                 None => {}
                 Some(Ok(m)) => {
                     let p = m.partition();
+                    if matches!(cartstream_kafka::control::control_of(&m), Ok(Some(_))) {
+                        // An end-of-input mark: no window in it.
+                        tm::INPUT_RECORDS.with_label_values(&["control"]).inc();
+                        continue;
+                    }
                     self.on_record(p, m.payload());
                     self.close_periods();
                 }

@@ -305,6 +305,8 @@ struct LoopContext {
     errors: ErrorContext,
     events: Mutex<Vec<RebalanceEvent>>,
     samples: Mutex<Option<Samples>>,
+    /// The offset each owned partition was assigned at (-1: none committed, read from the start).
+    starts: Mutex<HashMap<(String, i32), i64>>,
 }
 
 impl ClientContext for LoopContext {
@@ -320,15 +322,20 @@ impl ClientContext for LoopContext {
         let m = StageMetrics::get();
         let at = Instant::now();
         let mut sample = Vec::new();
+        let starts = self.starts.lock().unwrap_or_else(|p| p.into_inner()).clone();
         for (topic, t) in &stats.topics {
             for (p, s) in &t.partitions {
+                if *p < 0 {
+                    continue;
+                }
                 if let Some(lag) = partition_lag(s) {
-                    if *p >= 0 {
-                        m.lag
-                            .with_label_values(&[self.stage, topic.as_str(), &p.to_string()])
-                            .set(lag);
-                        sample.push((topic.clone(), *p, lag));
-                    }
+                    m.lag
+                        .with_label_values(&[self.stage, topic.as_str(), &p.to_string()])
+                        .set(lag);
+                }
+                let start = starts.get(&(topic.clone(), *p)).copied();
+                if let Some(unread) = unread_records(s, start) {
+                    sample.push((topic.clone(), *p, unread));
                 }
             }
         }
@@ -364,6 +371,36 @@ fn partition_lag(s: &rdkafka::statistics::Partition) -> Option<i64> {
     }
 }
 
+/// Records of a partition not yet handed to the application, for the idleness rule. Unlike
+/// [`partition_lag`] it never counts prefetched records as read: before the application has
+/// polled anything of the partition since its assignment (`app_offset` unset), the position is
+/// the offset it was assigned at, or the partition's start when none was committed. librdkafka
+/// moves `app_offset` past transaction markers as the application polls over them, so a
+/// transactional input that has been read to its end shows 0.
+fn unread_records(s: &rdkafka::statistics::Partition, start: Option<i64>) -> Option<i64> {
+    if s.fetch_state != "active" {
+        return None;
+    }
+    let end = if s.ls_offset >= 0 {
+        s.ls_offset
+    } else {
+        s.hi_offset
+    };
+    if end < 0 {
+        return None;
+    }
+    let position = if s.app_offset >= 0 {
+        s.app_offset
+    } else {
+        match start {
+            Some(o) if o >= 0 => o,
+            _ if s.lo_offset >= 0 => s.lo_offset,
+            _ => return None,
+        }
+    };
+    Some((end - position).max(0))
+}
+
 impl ConsumerContext for LoopContext {
     /// Eager rebalancing with explicit start offsets: every assigned partition starts at its
     /// committed offset. Records dropped from a batch because their partition was revoked must be
@@ -396,6 +433,17 @@ impl ConsumerContext for LoopContext {
                         tracing::error!(error = %e, "cannot read committed offsets of the assignment");
                         self.errors
                             .record_error(&format!("cannot read committed offsets: {e}"));
+                    }
+                }
+                {
+                    let mut starts = self.starts.lock().unwrap_or_else(|p| p.into_inner());
+                    starts.clear();
+                    for e in start.elements() {
+                        let o = match e.offset() {
+                            Offset::Offset(o) => o,
+                            _ => -1,
+                        };
+                        starts.insert((e.topic().to_string(), e.partition()), o);
                     }
                 }
                 self.pre_rebalance(consumer, &Rebalance::Assign(tpl));
@@ -528,6 +576,7 @@ pub async fn run<P: Processor>(
         errors: ErrorContext::default(),
         events: Mutex::new(Vec::new()),
         samples: Mutex::new(None),
+        starts: Mutex::new(HashMap::new()),
     })?;
     let inputs: Vec<&str> = topology.inputs.iter().map(String::as_str).collect();
     consumer.subscribe(&inputs)?;
