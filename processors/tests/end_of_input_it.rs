@@ -356,7 +356,10 @@ async fn a_skewed_backlog_has_no_late_event_and_the_end_of_input_closes_everythi
                 w.dimension_value.clone(),
                 w.window_start,
             );
-            assert!(windows.insert(k.clone(), w).is_none(), "window twice: {k:?}");
+            assert!(
+                windows.insert(k.clone(), w).is_none(),
+                "window twice: {k:?}"
+            );
         }
         let mut sessions = Vec::new();
         for m in read_all(&kafka, &names.name(Topic::Sessions), false) {

@@ -102,7 +102,8 @@ struct Cli {
     /// How late a purchase may reach the per-user windows.
     #[arg(long, env = "USER_GRACE", default_value = "2m", value_parser = parse_duration_ms)]
     user_grace: i64,
-    /// Wall time without records after which an input partition (enriched, kpi.windows) adopts
+    /// How long an input partition (enriched, kpi.windows) must be caught up (no unread records)
+    /// before it adopts
     /// the lowest watermark of the instance's active ones (the highest of all when every one is
     /// idle) for the markers it sends to the repartition topics.
     #[arg(long, env = "IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration_ms)]

@@ -7,7 +7,7 @@
 //! than the grace behind its partition's watermark goes to the dead-letter topic with the code
 //! `late_event` (its lateness in the message, its bytes kept for a replay).
 //!
-//! **Idle partitions.** A partition that received no record for `--idle-timeout` (wall clock)
+//! **Idle partitions.** A partition caught up (no unread records) for `--idle-timeout`
 //! adopts the lowest watermark of this instance's active partitions, or the highest of all when
 //! every partition is idle (the windower's rule), so its sessions close while the others move on.
 //! This is safe as long as an event is never more than the grace behind the newest event of the
@@ -61,7 +61,7 @@ struct Cli {
     /// passes its end + gap + grace.
     #[arg(long, env = "SESSION_GRACE", default_value = "5m", value_parser = parse_duration_ms)]
     grace: i64,
-    /// Wall time without records after which a partition counts as idle: it adopts the lowest
+    /// How long a partition must be caught up (no unread records) to count as idle: it adopts the lowest
     /// watermark of this instance's active partitions (the highest of all when all are idle).
     #[arg(long, env = "IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration_ms)]
     idle_timeout: i64,

@@ -99,7 +99,8 @@ struct Cli {
     /// Allowed out-of-orderness: a partition's watermark is its highest event time minus this.
     #[arg(long, env = "MAX_OUT_OF_ORDER", default_value = "5s", value_parser = parse_ms)]
     max_out_of_order: i64,
-    /// A partition without records for this long (wall clock) stops holding the watermark back:
+    /// A partition caught up for this long (no unread records: a backlog is never idle) stops
+    /// holding the watermark back:
     /// it adopts the lowest watermark of the active partitions, this instance's or others' (the
     /// highest known when none is active).
     #[arg(long, env = "IDLE_TIMEOUT", default_value = "30s", value_parser = parse_ms)]
