@@ -322,7 +322,11 @@ impl ClientContext for LoopContext {
         let m = StageMetrics::get();
         let at = Instant::now();
         let mut sample = Vec::new();
-        let starts = self.starts.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let starts = self
+            .starts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         for (topic, t) in &stats.topics {
             for (p, s) in &t.partitions {
                 if *p < 0 {
