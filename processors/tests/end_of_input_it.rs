@@ -16,7 +16,7 @@
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cartstream_events::types::{DeadLetter, EnrichedEvent, EventType, KpiWindow, Session};
@@ -33,18 +33,8 @@ const SPAN: i64 = 2 * 3_600_000;
 const GAP: i64 = 30 * 60_000;
 const PARTITIONS: i32 = 4;
 
-/// Kills the child on drop, so a failing assertion leaks no process.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(bin: &str, prefix: &str, extra: &[&str]) -> Guard {
-    Guard(
+fn spawn(bin: &str, prefix: &str, extra: &[&str]) -> kit::ChildGuard {
+    kit::ChildGuard(
         Command::new(bin)
             .args([
                 "--topic-prefix",

@@ -174,19 +174,7 @@ impl Output {
             Output::Kafka { producer, .. } => producer,
             Output::DryRun { .. } => return Ok(None),
         };
-        let md = producer
-            .client()
-            .fetch_metadata(Some(topic), timeout)
-            .with_context(|| format!("reading the metadata of {topic}"))?;
-        let n = md
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic && t.error().is_none())
-            .map_or(0, |t| t.partitions().len());
-        if n == 0 {
-            anyhow::bail!("topic {topic} does not exist or has no partitions");
-        }
-        Ok(Some(n as i32))
+        cartstream_kafka::admin::topic_partition_count(producer.client(), topic, timeout).map(Some)
     }
 
     /// Writes the end-of-input control record `mark` to every partition of `topic` (see

@@ -156,18 +156,7 @@ pub async fn end_input(
         .producer()?
         .create()
         .with_context(|| format!("creating a Kafka producer for {}", kafka.brokers))?;
-    let md = producer
-        .client()
-        .fetch_metadata(Some(topic), timeout)
-        .with_context(|| format!("reading the metadata of {topic}"))?;
-    let n = md
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic && t.error().is_none())
-        .map_or(0, |t| t.partitions().len()) as i32;
-    if n == 0 {
-        anyhow::bail!("topic {topic} does not exist or has no partitions");
-    }
+    let n = cartstream_kafka::admin::topic_partition_count(producer.client(), topic, timeout)?;
     let mark = EndOfInput::at(watermark);
     let mut out = Vec::new();
     for p in 0..n {

@@ -167,6 +167,27 @@ pub fn internal_replication(admin: &Admin) -> anyhow::Result<i32> {
     Ok(i32::try_from(brokers.min(3))?)
 }
 
+/// The partition count of one existing topic, read with any client (producer, consumer, admin).
+/// Fails when the topic does not exist or has no partitions.
+pub fn topic_partition_count<C: rdkafka::ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    topic: &str,
+    timeout: Duration,
+) -> anyhow::Result<i32> {
+    let md = client
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|e| anyhow::anyhow!("reading the metadata of {topic}: {e}"))?;
+    let n = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map_or(0, |t| t.partitions().len());
+    if n == 0 {
+        anyhow::bail!("topic {topic} does not exist or has no partitions");
+    }
+    Ok(i32::try_from(n)?)
+}
+
 pub fn partition_counts(admin: &Admin, timeout: Duration) -> anyhow::Result<HashMap<String, i32>> {
     let md = admin.inner().fetch_metadata(None, timeout).map_err(|e| {
         admin

@@ -16,7 +16,7 @@
 //! the others' watermark, and then have its own in-order records judged late. Two replays of the
 //! same file then disagree. Counting only partitions with nothing left to read removes that.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 /// One partition's position against its end, as sampled.
@@ -40,24 +40,37 @@ struct Part {
 /// The progress of every partition a consumer owns; answers "is this partition idle?".
 #[derive(Debug, Clone, Default)]
 pub struct Progress {
-    parts: HashMap<(String, i32), Part>,
+    /// topic -> partition -> progress; looked up by `&str` on every record, without allocating.
+    parts: HashMap<String, HashMap<i32, Part>>,
 }
 
 impl Progress {
+    fn part(&self, topic: &str, partition: i32) -> Option<&Part> {
+        self.parts.get(topic)?.get(&partition)
+    }
+
+    fn part_mut(&mut self, topic: &str, partition: i32) -> Option<&mut Part> {
+        self.parts.get_mut(topic)?.get_mut(&partition)
+    }
+
     /// A partition was assigned: not caught up until a sample shows it.
     pub fn assign(&mut self, topic: &str, partition: i32) {
         self.parts
-            .insert((topic.to_string(), partition), Part::default());
+            .entry(topic.to_string())
+            .or_default()
+            .insert(partition, Part::default());
     }
 
     /// A partition was revoked.
     pub fn revoke(&mut self, topic: &str, partition: i32) {
-        self.parts.remove(&(topic.to_string(), partition));
+        if let Some(t) = self.parts.get_mut(topic) {
+            t.remove(&partition);
+        }
     }
 
     /// A record of the partition arrived at `now`: it had unread records until now.
     pub fn record(&mut self, topic: &str, partition: i32, now: Instant) {
-        if let Some(p) = self.parts.get_mut(&(topic.to_string(), partition)) {
+        if let Some(p) = self.part_mut(topic, partition) {
             p.caught_up_since = None;
             p.last_record = Some(now);
         }
@@ -65,7 +78,7 @@ impl Progress {
 
     /// A statistics sample taken at `at`. Partitions missing from it keep their state.
     pub fn sample(&mut self, at: Instant, topic: &str, partition: i32, s: Sample) {
-        if let Some(p) = self.parts.get_mut(&(topic.to_string(), partition)) {
+        if let Some(p) = self.part_mut(topic, partition) {
             p.unread = Some(s.unread);
             if s.unread > 0 {
                 p.caught_up_since = None;
@@ -78,7 +91,7 @@ impl Progress {
     /// True when the partition has had nothing to read for `timeout` at `now`: every sample
     /// for that long showed it caught up, and no record arrived in it.
     pub fn is_idle(&self, topic: &str, partition: i32, timeout: Duration, now: Instant) -> bool {
-        let Some(p) = self.parts.get(&(topic.to_string(), partition)) else {
+        let Some(p) = self.part(topic, partition) else {
             return false;
         };
         let long_enough = |t: Instant| now.saturating_duration_since(t) >= timeout;
@@ -87,26 +100,34 @@ impl Progress {
             && p.last_record.is_none_or(long_enough)
     }
 
+    /// Which of `partitions` of `topic` are idle at `now` ([`Progress::is_idle`]): what a stage
+    /// keeps from each sample for its next tick.
+    pub fn idle_partitions(
+        &self,
+        topic: &str,
+        partitions: impl IntoIterator<Item = i32>,
+        timeout: Duration,
+        now: Instant,
+    ) -> HashSet<i32> {
+        partitions
+            .into_iter()
+            .filter(|p| self.is_idle(topic, *p, timeout, now))
+            .collect()
+    }
+
     /// Unread records of the partition in the latest sample.
     pub fn unread(&self, topic: &str, partition: i32) -> Option<i64> {
-        self.parts
-            .get(&(topic.to_string(), partition))
-            .and_then(|p| p.unread)
+        self.part(topic, partition).and_then(|p| p.unread)
     }
 
     /// True when every owned partition of `topic` is caught up in the latest sample (nothing
     /// left to read right now), and there is at least one.
     pub fn all_caught_up(&self, topic: &str) -> bool {
-        let mut any = false;
-        for ((t, _), p) in &self.parts {
-            if t == topic {
-                any = true;
-                if p.unread != Some(0) || p.caught_up_since.is_none() {
-                    return false;
-                }
-            }
-        }
-        any
+        self.parts.get(topic).is_some_and(|t| {
+            !t.is_empty()
+                && t.values()
+                    .all(|p| p.unread == Some(0) && p.caught_up_since.is_some())
+        })
     }
 }
 
@@ -146,6 +167,10 @@ mod tests {
         let later = t0 + Duration::from_secs(3600);
         assert!(!p.is_idle(T, 0, Duration::from_millis(1), later));
         assert!(p.is_idle(T, 1, Duration::from_millis(1), later));
+        assert_eq!(
+            p.idle_partitions(T, [0, 1, 2], Duration::from_millis(1), later),
+            HashSet::from([1])
+        );
         assert!(!p.all_caught_up(T));
         p.sample(later, T, 0, Sample { unread: 0 });
         assert!(p.all_caught_up(T));

@@ -347,12 +347,9 @@ impl ClientContext for LoopContext {
     }
 }
 
-/// Records behind the end of a partition we consume. librdkafka's own `consumer_lag` is measured
-/// from the consumer's committed offset, which it never learns in exactly-once mode (offsets go
-/// through the producer's transaction), so it stays -1 there. The position the loop has consumed to
-/// (`app_offset`) against the last stable offset (the end visible to `read_committed`) works in
-/// both modes; it may count the current, not yet committed batch as done.
-fn partition_lag(s: &rdkafka::statistics::Partition) -> Option<i64> {
+/// The end of a partition being fetched: the last stable offset (what `read_committed` can
+/// see), else the high watermark. `None` while it is not fetched or not known yet.
+fn partition_end(s: &rdkafka::statistics::Partition) -> Option<i64> {
     if s.fetch_state != "active" {
         return None;
     }
@@ -361,9 +358,16 @@ fn partition_lag(s: &rdkafka::statistics::Partition) -> Option<i64> {
     } else {
         s.hi_offset
     };
-    if end < 0 {
-        return None;
-    }
+    (end >= 0).then_some(end)
+}
+
+/// Records behind the end of a partition we consume. librdkafka's own `consumer_lag` is measured
+/// from the consumer's committed offset, which it never learns in exactly-once mode (offsets go
+/// through the producer's transaction), so it stays -1 there. The position the loop has consumed to
+/// (`app_offset`) against the last stable offset (the end visible to `read_committed`) works in
+/// both modes; it may count the current, not yet committed batch as done.
+fn partition_lag(s: &rdkafka::statistics::Partition) -> Option<i64> {
+    let end = partition_end(s)?;
     if s.app_offset >= 0 {
         Some((end - s.app_offset).max(0))
     } else if s.committed_offset >= 0 {
@@ -382,17 +386,7 @@ fn partition_lag(s: &rdkafka::statistics::Partition) -> Option<i64> {
 /// moves `app_offset` past transaction markers as the application polls over them, so a
 /// transactional input that has been read to its end shows 0.
 fn unread_records(s: &rdkafka::statistics::Partition, start: Option<i64>) -> Option<i64> {
-    if s.fetch_state != "active" {
-        return None;
-    }
-    let end = if s.ls_offset >= 0 {
-        s.ls_offset
-    } else {
-        s.hi_offset
-    };
-    if end < 0 {
-        return None;
-    }
+    let end = partition_end(s)?;
     let position = if s.app_offset >= 0 {
         s.app_offset
     } else {
@@ -1112,19 +1106,14 @@ fn topic_partitions(
     if let Some(n) = cache.get(topic) {
         return Ok(*n);
     }
-    let md = tokio::task::block_in_place(|| {
-        producer
-            .client()
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
+    let n = tokio::task::block_in_place(|| {
+        cartstream_kafka::admin::topic_partition_count(
+            producer.client(),
+            topic,
+            Duration::from_secs(10),
+        )
     })
-    .map_err(|e| BatchError::Retry(anyhow::anyhow!("metadata of {topic}: {e}")))?;
-    let n = md
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic && t.error().is_none())
-        .map(|t| t.partitions().len() as i32)
-        .filter(|n| *n > 0)
-        .ok_or_else(|| BatchError::Retry(anyhow::anyhow!("topic {topic} has no partitions yet")))?;
+    .map_err(BatchError::Retry)?;
     cache.insert(topic.to_string(), n);
     Ok(n)
 }

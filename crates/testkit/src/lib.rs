@@ -14,6 +14,16 @@ use cartstream_events::{Registry, RegistryConfig};
 use cartstream_kafka::admin;
 use cartstream_kafka::KafkaArgs;
 
+/// Kills the child process when dropped, so a failing assertion leaves no service running.
+pub struct ChildGuard(pub std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn env_or(key: &str, default: &str) -> String {
     std::env::var(key).unwrap_or_else(|_| default.to_string())
 }

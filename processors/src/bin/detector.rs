@@ -387,15 +387,18 @@ impl Processor for Detector {
 
     fn on_progress(&mut self, progress: &Progress) {
         let now = Instant::now();
-        let idle = |topic: &str, sources: &HashMap<i32, Source>| -> HashSet<i32> {
-            sources
-                .keys()
-                .copied()
-                .filter(|p| progress.is_idle(topic, *p, self.idle_timeout, now))
-                .collect()
-        };
-        self.idle_events = idle(&self.enriched_topic, &self.event_sources);
-        self.idle_kpi = idle(&self.kpi_topic, &self.kpi_sources);
+        self.idle_events = progress.idle_partitions(
+            &self.enriched_topic,
+            self.event_sources.keys().copied(),
+            self.idle_timeout,
+            now,
+        );
+        self.idle_kpi = progress.idle_partitions(
+            &self.kpi_topic,
+            self.kpi_sources.keys().copied(),
+            self.idle_timeout,
+            now,
+        );
     }
 
     async fn on_end_of_input(

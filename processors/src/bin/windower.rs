@@ -329,13 +329,12 @@ impl Processor for Pre {
     }
 
     fn on_progress(&mut self, progress: &Progress) {
-        let now = Instant::now();
-        self.idle_now = self
-            .last_seen
-            .keys()
-            .copied()
-            .filter(|p| progress.is_idle(&self.input_topic, *p, self.idle_timeout, now))
-            .collect();
+        self.idle_now = progress.idle_partitions(
+            &self.input_topic,
+            self.last_seen.keys().copied(),
+            self.idle_timeout,
+            Instant::now(),
+        );
     }
 
     async fn on_end_of_input(

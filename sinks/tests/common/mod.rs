@@ -98,14 +98,7 @@ pub fn spawn(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Child {
 }
 
 /// Kills the child when dropped, so a failing test leaves no sink running.
-pub struct Guard(pub Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+pub use cartstream_testkit::ChildGuard as Guard;
 
 pub fn kill9(child: &mut Child) {
     let _ = child.kill();
