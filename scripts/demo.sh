@@ -9,24 +9,40 @@
 # Settings: DEMO_SECS (wall seconds of live simulation, default 120), DEMO_RATE (events/s, default
 # 400), DEMO_SPEED (simulated seconds per wall second, default 60: 120 s = 2 simulated hours). Before
 # it, 8 simulated hours of history in 30 s, so windows have baselines and the model has data.
+#
+# `bash scripts/demo.sh top-products [EXPR] [N]` prints only the summary's "top products of the
+# latest window" (the N best sellers of EXPR, default the windower's
+# cartstream_kpi_top_product_purchases, by purchases, most first) from PROMETHEUS_URL.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 SECS=${DEMO_SECS:-120}
 RATE=${DEMO_RATE:-400}
 SPEED=${DEMO_SPEED:-60}
 BIN=./target/debug
-PROM=http://127.0.0.1:9090
+PROM=${PROMETHEUS_URL:-http://127.0.0.1:9090}
 started=$SECONDS
 
 step() { printf '\n==> [%3d s] %s\n' $((SECONDS - started)) "$*"; }
-prom() { # instant query, printed as "label value" lines
+prom() { # instant query, printed as "label value" lines; a third argument "desc" sorts by value, most first
   curl -fsS --max-time 5 "$PROM/api/v1/query" --data-urlencode "query=$1" 2>/dev/null \
     | python3 -c 'import json, sys
-label = sys.argv[1]
-for r in json.load(sys.stdin)["data"]["result"]:
-    name = r["metric"].get(label, "total")
-    print("    %-34s %14s" % (name, format(float(r["value"][1]), ",.2f")))' "${2:-}" || true
+label, order = sys.argv[1], sys.argv[2]
+rows = [(r["metric"].get(label, "total"), float(r["value"][1])) for r in json.load(sys.stdin)["data"]["result"]]
+if order == "desc":
+    rows.sort(key=lambda r: (-r[1], r[0]))
+for name, value in rows:
+    print("    %-34s %14s" % (name, format(value, ",.2f")))' "${2:-}" "${3:-}" || true
 }
+top_products() { # the N best sellers of the latest closed window, by purchases, most first
+  local expr=${1:-cartstream_kpi_top_product_purchases} n=${2:-10}
+  # The gauge has one series per (rank, product); Prometheus returns series in no useful order
+  # (by labels), so rank by value here and in the query.
+  prom "sort_desc(topk($n, max by (product) ($expr)))" product desc
+}
+if [[ ${1:-} == top-products ]]; then
+  top_products "${2:-}" "${3:-10}"
+  exit 0
+fi
 metric() { # port regex -> sum of the matching samples
   curl -fsS --max-time 2 "http://127.0.0.1:$1/metrics" 2>/dev/null | awk -v re="$2" '$0 ~ re {s += $NF} END {printf "%d", s}'
 }
@@ -61,10 +77,12 @@ step "history: $HISTORY_HOURS hours of shop time in $HISTORY_SECS s (what the wi
   --speed $((HISTORY_HOURS * 3600 / HISTORY_SECS)) --duration-secs "$HISTORY_SECS" --rate 1500 \
   --products 2000 --users 5000 --duplicate-ratio 0.02 --malformed-ratio 0.01 --metrics-addr off --progress off | tail -1
 
+# The live run prices from catalog.products as the history left it (its price changes included),
+# as the enricher and the detector see it: the seed's prices would be false price anomalies.
 step "live: $((SECS * SPEED / 60)) minutes of shop time in $SECS s at $RATE events/s: a trend on kids.toys, 2% duplicates, 1% late, 1% malformed"
 bash scripts/services.sh start producer 9209 -- "$BIN/cartstream-producer" simulate \
   --start-time $(($(now_ms) - SECS * SPEED * 1000)) --speed "$SPEED" \
-  --duration-secs "$SECS" --rate "$RATE" --products 2000 --users 5000 --skip-dimensions \
+  --duration-secs "$SECS" --rate "$RATE" --products 2000 --users 5000 --skip-dimensions --prices-from-topic \
   --trend-at +40m --trend-category kids.toys --trend-for 20m \
   --duplicate-ratio 0.02 --late-ratio 0.01 --malformed-ratio 0.01 --progress off >/dev/null
 pid=$(<.stack/services/producer.pid)
@@ -93,7 +111,7 @@ prom 'sum by (currency) (cartstream_kpi_revenue_total)' currency
 echo "  top categories by purchases:"
 prom 'topk(5, sum by (category) (cartstream_kpi_category_purchases_total))' category
 echo "  top products of the latest window:"
-prom 'max by (product) (cartstream_kpi_top_product_purchases)' product
+top_products
 echo "  alerts by type:"
 prom 'sum by (alert_type) (cartstream_detector_alerts_total)' alert_type
 echo "  trend alerts:"

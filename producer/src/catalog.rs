@@ -179,9 +179,75 @@ impl Catalog {
     }
 }
 
+/// What [`Catalog::take_prices`] changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PriceSync {
+    /// Products of the catalog found among the records.
+    pub matched: usize,
+    /// Of those, products whose price or currency differed from the catalog's.
+    pub changed: usize,
+}
+
+impl Catalog {
+    /// Takes the current price (and currency) of each product from `records`, the product
+    /// dimension as published (in publication order: the last record of an id wins). Products the
+    /// records do not hold keep their price; records of products not in the catalog are ignored.
+    ///
+    /// Why: a simulation that follows another one (the demo's live run after its history) must
+    /// price from the catalog the enricher and the detector see — the first run's price changes
+    /// included — or every purchase of a product whose price moved looks like an anomaly.
+    pub fn take_prices(&mut self, records: impl IntoIterator<Item = Product>) -> PriceSync {
+        let mut latest: std::collections::HashMap<i64, Product> = Default::default();
+        for p in records {
+            latest.insert(p.product_id, p);
+        }
+        let mut sync = PriceSync::default();
+        for p in &mut self.products {
+            let Some(l) = latest.get(&p.product_id) else {
+                continue;
+            };
+            sync.matched += 1;
+            if l.price != p.price || l.currency != p.currency {
+                sync.changed += 1;
+                p.price = l.price;
+                p.currency.clone_from(&l.currency);
+                p.updated_at = l.updated_at;
+            }
+        }
+        sync
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prices_are_taken_from_the_latest_published_record() {
+        let mut c = Catalog::synthetic(1, 3, 0, 0);
+        let (a, b) = (c.products[0].clone(), c.products[1].clone());
+        let moved = |p: &Product, price: f64| Product {
+            price,
+            updated_at: 7,
+            ..p.clone()
+        };
+        let stranger = Product {
+            product_id: 42,
+            ..moved(&a, 1.0)
+        };
+        let sync = c.take_prices([moved(&a, 1.5), moved(&a, 2.5), b.clone(), stranger]);
+        assert_eq!(
+            sync,
+            PriceSync {
+                matched: 2,
+                changed: 1
+            }
+        );
+        assert_eq!(c.products[0].price, 2.5, "the last record of an id wins");
+        assert_eq!(c.products[0].updated_at, 7);
+        assert_eq!(c.products[1], b, "unchanged");
+        assert_eq!(c.products.len(), 3, "records of other products are ignored");
+    }
 
     #[test]
     fn same_seed_same_catalog_and_sane_values() {

@@ -146,6 +146,11 @@ pub struct SimulateArgs {
     /// Do not publish the product and user dimensions.
     #[arg(long, env = "PRODUCER_SKIP_DIMENSIONS")]
     pub skip_dimensions: bool,
+    /// Before simulating, read the product topic to its end and shop at the prices it holds
+    /// (the latest record of each product of the catalog): for a run that follows another
+    /// one, whose price changes the enricher and the detector already see.
+    #[arg(long, env = "PRODUCER_PRICES_FROM_TOPIC")]
+    pub prices_from_topic: bool,
     /// Change one product's price this often (event time, e.g. 30s, 5m; 0 for never) and
     /// publish it to the product topic.
     #[arg(long, env = "PRODUCER_PRICE_CHANGE_EVERY", default_value = "60s")]

@@ -380,6 +380,10 @@ pub async fn simulate(
     }
     let (enc, out) = connect(&args.common, &metrics).await?;
     let names = args.common.names.clone();
+    let mut catalog = catalog;
+    if args.prices_from_topic {
+        prices_from_topic(&args.common, &mut catalog).await?;
+    }
     if !args.skip_dimensions {
         publish_dimensions(&catalog, true, &enc, &out, &names, &metrics, &shutdown)?;
         println!(
@@ -396,6 +400,49 @@ pub async fn simulate(
         simulate_loop(&args, sim, config, faults, &enc, &out, &metrics, &shutdown)
     })
     .await?
+}
+
+/// `--prices-from-topic`: the catalog's prices from the product topic as it is now.
+async fn prices_from_topic(common: &Common, catalog: &mut Catalog) -> anyhow::Result<()> {
+    let topic = common.names.name(Topic::Products);
+    if common.dry_run {
+        println!("prices: not read from {topic} (dry run)");
+        return Ok(());
+    }
+    let config = common.kafka.consumer("cartstream-producer")?;
+    let t = topic.clone();
+    let mut records = tokio::task::spawn_blocking(move || {
+        cartstream_kafka::read::read_to_end(&config, &t, Duration::from_secs(60))
+    })
+    .await?
+    .with_context(|| format!("--prices-from-topic: reading {topic}"))?;
+    // One id is always on one partition: its records in offset order, oldest first.
+    records.sort_by_key(|m| (rdkafka::Message::partition(m), rdkafka::Message::offset(m)));
+    let decoder = cartstream_events::Decoder::<Product>::new(common.registry.connect()?);
+    let mut products = Vec::with_capacity(records.len());
+    let mut undecodable = 0u64;
+    for m in &records {
+        match decoder
+            .decode(rdkafka::Message::payload(m).unwrap_or_default())
+            .await
+        {
+            Ok(p) => products.push(p),
+            Err(e) if e.is_transient() => {
+                return Err(anyhow::Error::new(e).context(format!("decoding {topic}")))
+            }
+            Err(_) => undecodable += 1,
+        }
+    }
+    let sync = catalog.take_prices(products);
+    println!(
+        "prices: {} of {} products found on {topic} ({} records, {undecodable} undecodable), {} \
+         priced differently from the generated catalog",
+        sync.matched,
+        catalog.products.len(),
+        records.len(),
+        sync.changed
+    );
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
