@@ -56,6 +56,12 @@ fn dim_code(d: Dimension) -> u8 {
     }
 }
 
+/// Name of the stream of final windows of one spec, in the watermark records the windower
+/// writes to `kpi.windows` (`cartstream_kafka::control::STREAM_HEADER`): `window/<size>/<slide>`.
+pub fn window_stream(size_ms: i64, slide_ms: i64) -> String {
+    format!("window/{size_ms}/{slide_ms}")
+}
+
 pub fn dimension_name(d: Dimension) -> &'static str {
     match d {
         Dimension::All => "all",
@@ -702,6 +708,12 @@ impl MergeState {
 
     pub fn marks(&self) -> &[i64] {
         &self.marks
+    }
+
+    /// Every final window starting before this has been emitted (`i64::MIN` before the first
+    /// close): the watermark this partition sends downstream with its results.
+    pub fn emitted_before(&self) -> i64 {
+        self.next_open
     }
 
     pub fn next_offset(&self) -> i64 {

@@ -1,4 +1,4 @@
-//! Control records: the end-of-input mark.
+//! Control records: the end-of-input mark and the watermark.
 //!
 //! A bounded source (a replay of a file, `cartstream-admin end-input`) declares that no event
 //! before a time `T` will come on a partition any more by writing a *control record* to it: no
@@ -22,6 +22,14 @@
 //! input: the mark itself for a source topic, or the lowest of the marks of all upstream
 //! partitions once each has sent one.
 //!
+//! A **watermark** record has the same form with `cartstream-control: watermark`: "every record
+//! of the stream named by the `cartstream-stream` header that belongs before `T` has been written
+//! to this partition" — progress, not an end: more records after `T` follow. A stage whose output
+//! partitions are written by several of its own partitions (the windower's merge partitions all
+//! write `kpi.windows`) sends them so that the next stage knows how far each output partition is
+//! complete, which the newest record seen in it cannot tell (another writer may still be behind).
+//! The stream core hands them to `Processor::on_watermark`; combining them is the receiver's.
+//!
 //! Consumers that do not know control records (a Kafka UI, a plain Avro consumer) see a record
 //! with an empty value and can skip it; every cartstream stage and sink does.
 
@@ -33,6 +41,10 @@ use rdkafka::message::{Headers, Message, OwnedHeaders};
 pub const CONTROL_HEADER: &str = "cartstream-control";
 /// Value of [`CONTROL_HEADER`] for the end-of-input mark.
 pub const END_OF_INPUT: &str = "end-of-input";
+/// Value of [`CONTROL_HEADER`] for a watermark (progress) record.
+pub const WATERMARK: &str = "watermark";
+/// Header naming the stream a watermark record is about (e.g. `window/60000/60000`).
+pub const STREAM_HEADER: &str = "cartstream-stream";
 /// Header carrying the mark's time.
 pub const WATERMARK_HEADER: &str = "cartstream-watermark";
 /// Header: the upstream partition a forwarded mark comes from.
@@ -42,14 +54,29 @@ pub const SOURCE_PARTITIONS_HEADER: &str = "cartstream-source-partitions";
 /// Key of every control record.
 pub const CONTROL_KEY: &[u8] = b"cartstream-control";
 
-/// "No event before `watermark` will come on this partition any more."
+/// What a control record says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MarkKind {
+    /// "No event before `watermark` will come on this partition any more."
+    #[default]
+    EndOfInput,
+    /// "Everything before `watermark` has been written to this partition" (progress).
+    Watermark,
+}
+
+/// A control record: an end-of-input mark ([`MarkKind::EndOfInput`], the common case, hence
+/// the alias [`EndOfInput`]) or a watermark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EndOfInput {
+pub struct Mark {
     /// Epoch milliseconds; `i64::MAX` means nothing at all will come.
     pub watermark: i64,
     /// For a forwarded mark: (upstream partition, upstream partition count).
     pub source: Option<(i32, i32)>,
+    pub kind: MarkKind,
 }
+
+/// The end-of-input mark (a [`Mark`] of kind [`MarkKind::EndOfInput`]).
+pub type EndOfInput = Mark;
 
 /// Why a record that claims to be a control record is not a valid one.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -62,13 +89,26 @@ pub enum ControlError {
     BadHeader(&'static str, String),
 }
 
-impl EndOfInput {
-    /// A mark at `watermark` from a source (not forwarded).
+impl Mark {
+    /// An end-of-input mark at `watermark` from a source (not forwarded).
     pub fn at(watermark: i64) -> Self {
         Self {
             watermark,
             source: None,
+            kind: MarkKind::EndOfInput,
         }
+    }
+
+    /// A watermark (progress) record at `watermark`.
+    pub fn progress(watermark: i64) -> Self {
+        Self {
+            kind: MarkKind::Watermark,
+            ..Self::at(watermark)
+        }
+    }
+
+    pub fn is_end_of_input(&self) -> bool {
+        self.kind == MarkKind::EndOfInput
     }
 
     /// The mark "nothing more will come".
@@ -79,15 +119,22 @@ impl EndOfInput {
     /// This mark as forwarded from upstream partition `partition` of `partitions`.
     pub fn forwarded(self, partition: i32, partitions: i32) -> Self {
         Self {
-            watermark: self.watermark,
             source: Some((partition, partitions)),
+            ..self
         }
     }
 
     /// The headers of the control record, as (name, value) pairs.
     pub fn headers(&self) -> Vec<(&'static str, String)> {
         let mut h = vec![
-            (CONTROL_HEADER, END_OF_INPUT.to_string()),
+            (
+                CONTROL_HEADER,
+                match self.kind {
+                    MarkKind::EndOfInput => END_OF_INPUT,
+                    MarkKind::Watermark => WATERMARK,
+                }
+                .to_string(),
+            ),
             (WATERMARK_HEADER, format_watermark(self.watermark)),
         ];
         if let Some((p, n)) = self.source {
@@ -118,9 +165,11 @@ impl EndOfInput {
         let Some(kind) = kind else {
             return Ok(None);
         };
-        if kind != END_OF_INPUT {
-            return Err(ControlError::UnknownKind(kind));
-        }
+        let kind = match kind.as_str() {
+            END_OF_INPUT => MarkKind::EndOfInput,
+            WATERMARK => MarkKind::Watermark,
+            _ => return Err(ControlError::UnknownKind(kind)),
+        };
         let watermark = watermark.ok_or(ControlError::MissingWatermark)?;
         let watermark = parse_watermark(&watermark)
             .ok_or(ControlError::BadHeader(WATERMARK_HEADER, watermark))?;
@@ -147,7 +196,11 @@ impl EndOfInput {
             (Some(p), None) => return Err(ControlError::BadHeader(SOURCE_PARTITIONS_HEADER, p)),
             (None, Some(n)) => return Err(ControlError::BadHeader(SOURCE_PARTITION_HEADER, n)),
         };
-        Ok(Some(Self { watermark, source }))
+        Ok(Some(Self {
+            watermark,
+            source,
+            kind,
+        }))
     }
 }
 
@@ -159,13 +212,33 @@ pub fn control_of<M: Message>(msg: &M) -> Result<Option<EndOfInput>, ControlErro
     EndOfInput::from_headers(h.iter().map(|h| (h.key, h.value)))
 }
 
+/// The stream a watermark record of `msg` is about ([`STREAM_HEADER`]), if it names one.
+pub fn stream_of<M: Message>(msg: &M) -> Option<String> {
+    msg.headers()?
+        .iter()
+        .find(|h| h.key == STREAM_HEADER)
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
 /// `mark`'s headers for a record to produce.
-pub fn owned_headers(mark: &EndOfInput) -> OwnedHeaders {
-    let mut h = OwnedHeaders::new_with_capacity(4);
+pub fn owned_headers(mark: &Mark) -> OwnedHeaders {
+    owned_headers_of_stream(mark, None)
+}
+
+/// `mark`'s headers, naming `stream` ([`STREAM_HEADER`]) when given.
+pub fn owned_headers_of_stream(mark: &Mark, stream: Option<&str>) -> OwnedHeaders {
+    let mut h = OwnedHeaders::new_with_capacity(5);
     for (k, v) in mark.headers() {
         h = h.insert(rdkafka::message::Header {
             key: k,
             value: Some(v.as_bytes()),
+        });
+    }
+    if let Some(s) = stream {
+        h = h.insert(rdkafka::message::Header {
+            key: STREAM_HEADER,
+            value: Some(s.as_bytes()),
         });
     }
     h
@@ -209,7 +282,8 @@ struct PartMarks {
 
 impl EndMarks {
     /// Records `mark`, received on `topic`/`partition`. Returns the partition's end of input
-    /// when this mark moved it.
+    /// when this mark moved it. One `EndMarks` combines marks of one kind: a stage that follows
+    /// watermark records keeps its own for them.
     pub fn observe(&mut self, topic: &str, partition: i32, mark: &EndOfInput) -> Option<i64> {
         let part = self
             .parts
@@ -320,10 +394,27 @@ mod tests {
             EndOfInput::at(1_700_000_000_000),
             EndOfInput::end(),
             EndOfInput::at(-5).forwarded(3, 12),
+            Mark::progress(1_700_000_060_000).forwarded(1, 3),
         ] {
             assert_eq!(parse(&m.headers()).unwrap(), Some(m));
         }
         assert_eq!(EndOfInput::end().headers()[1].1, "max");
+    }
+
+    #[test]
+    fn a_watermark_record_is_progress_not_an_end() {
+        let m = parse(&[
+            (CONTROL_HEADER, WATERMARK.into()),
+            (WATERMARK_HEADER, "120000".into()),
+            (SOURCE_PARTITION_HEADER, "0".into()),
+            (SOURCE_PARTITIONS_HEADER, "2".into()),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(m, Mark::progress(120_000).forwarded(0, 2));
+        assert!(!m.is_end_of_input());
+        assert!(EndOfInput::at(5).is_end_of_input());
+        assert_ne!(Mark::progress(5), EndOfInput::at(5));
     }
 
     #[test]

@@ -101,10 +101,12 @@ struct OutRecord {
     kind: &'static str,
 }
 
-/// An end-of-input mark to forward to every partition of `topic`.
+/// An end-of-input mark or a watermark to write to every partition of `topic`.
 struct Forward {
     topic: String,
     mark: EndOfInput,
+    /// The stream a watermark is about ([`control::STREAM_HEADER`]).
+    stream: Option<String>,
     /// The input partition it comes from and the input topic.
     from_topic: String,
     from_partition: i32,
@@ -156,8 +158,31 @@ impl Output {
         self.forwards.push(Forward {
             topic: topic.to_string(),
             mark: EndOfInput::at(watermark),
+            stream: None,
             from_topic: input.topic.to_string(),
             from_partition: input.partition,
+        });
+    }
+
+    /// Writes a watermark record to every partition of `topic`, after the records sent before
+    /// it: "every record of `stream` derived from input partition `(from_topic, from_partition)`
+    /// that belongs before `watermark` has been written". A stage whose output partitions get
+    /// records from several of its input partitions sends these so that the next stage knows
+    /// how far each output partition is complete ([`Processor::on_watermark`]).
+    pub fn send_watermark(
+        &mut self,
+        topic: &str,
+        from_topic: &str,
+        from_partition: i32,
+        stream: &str,
+        watermark: i64,
+    ) {
+        self.forwards.push(Forward {
+            topic: topic.to_string(),
+            mark: control::Mark::progress(watermark),
+            stream: Some(stream.to_string()),
+            from_topic: from_topic.to_string(),
+            from_partition,
         });
     }
 
@@ -174,6 +199,7 @@ impl Output {
         self.forwards.push(Forward {
             topic: topic.to_string(),
             mark: EndOfInput::at(watermark),
+            stream: None,
             from_topic: from_topic.to_string(),
             from_partition,
         });
@@ -277,6 +303,21 @@ pub trait Processor {
         out: &mut Output,
     ) -> Result<(), ProcessError> {
         let _ = (input, end, out);
+        Ok(())
+    }
+    /// A watermark record arrived on `input`'s partition (sent upstream with
+    /// [`Output::send_watermark`]; `mark.source` says which upstream partition it speaks for,
+    /// `stream` which stream). The receiver combines them (e.g. with a
+    /// `cartstream_kafka::control::EndMarks` of its own: the lowest over every upstream
+    /// partition once each has sent one). The default ignores them.
+    async fn on_watermark(
+        &mut self,
+        input: &Input<'_>,
+        mark: &EndOfInput,
+        stream: Option<&str>,
+        out: &mut Output,
+    ) -> Result<(), ProcessError> {
+        let _ = (input, mark, stream, out);
         Ok(())
     }
     /// The batch committed: keep the state changes made since the last commit.
@@ -903,6 +944,12 @@ async fn process_batch<P: Processor>(
         };
         let result = match control::control_of(m) {
             Ok(None) => processor.process(&input, &mut out).await,
+            Ok(Some(mark)) if !mark.is_end_of_input() => {
+                let stream = control::stream_of(m);
+                processor
+                    .on_watermark(&input, &mark, stream.as_deref(), &mut out)
+                    .await
+            }
             Ok(Some(mark)) => {
                 let moved = ends.observe(input.topic, input.partition, &mark);
                 if let Some(state) = ends.encode_partition(input.topic, input.partition) {
@@ -976,14 +1023,17 @@ async fn process_batch<P: Processor>(
     for f in &out.forwards {
         let from = topic_partitions(producer, partition_counts, &f.from_topic)?;
         let to = topic_partitions(producer, partition_counts, &f.topic)?;
-        let headers = control::owned_headers(&f.mark.forwarded(f.from_partition, from));
+        let headers = control::owned_headers_of_stream(
+            &f.mark.forwarded(f.from_partition, from),
+            f.stream.as_deref(),
+        );
         for p in 0..to {
             let rec = BaseRecord::<[u8], [u8]>::to(&f.topic)
                 .partition(p)
                 .key(CONTROL_KEY)
                 .payload(&[][..])
                 .headers(headers.clone());
-            send(producer, rec).map_err(|e| retry(e, "forwarding end of input"))?;
+            send(producer, rec).map_err(|e| retry(e, "forwarding a control record"))?;
         }
     }
     for (d, payload) in out.dead.iter().zip(&dead_payloads) {

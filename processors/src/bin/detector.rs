@@ -21,11 +21,24 @@
 //! **Watermarks of the repartition topics.** Forwarded records interleave in whatever order this
 //! process consumed its input partitions, so the newest record seen is no watermark. After every
 //! batch each owned input partition's watermark (enriched: highest event time; `kpi.windows`:
-//! newest final window start) is broadcast as a marker to every partition of the repartition
-//! topic, behind the records forwarded from it; a repartition partition's watermark (clock) is the
+//! how far the windower has written it, below) is broadcast as a marker to every partition of
+//! the repartition topic, behind the records forwarded from it; a repartition partition's watermark (clock) is the
 //! lowest mark over all input partitions (`detect::SourceMarks`). An input partition without
 //! records for `--idle-timeout` adopts the lowest watermark of this instance's active ones (the
 //! highest of all when every one is idle), so a silent partition does not hold everything back.
+//!
+//! **How far a `kpi.windows` partition is complete.** Every merge partition of the windower
+//! writes to every `kpi.windows` partition, and they progress unevenly (a fast replay runs one
+//! ahead of another), so the newest window seen in a partition is no watermark: a slower merge
+//! partition may still write older windows to it, which would then be judged too late and lost
+//! from the baselines (two replays of one file would disagree). With `--trend-clock marks` (the
+//! default) the partition's watermark is the lowest of the windower's watermark records
+//! (`cartstream_kafka::control`, stream `window/<trend-window>/<trend-window>`) over all its
+//! merge partitions, once each has sent one; window records do not move it.
+//! `--trend-clock windows` keeps the newest final window start, for a `kpi.windows` written by
+//! something that sends no watermark records. The combined marks are not persisted: after a
+//! restart a partition waits for the next record of every merge partition (each sends one
+//! whenever it closes windows).
 //!
 //! Alerts go to `alerts.raised` (key: the subject id) with deterministic ids (type, subject,
 //! window), so a replay raises the same ids.
@@ -46,6 +59,7 @@ use anyhow::Context;
 use cartstream_events::types::{Alert, AlertType, EnrichedEvent, EventType, KpiWindow};
 use cartstream_events::{Decoder, Encoder, Registry};
 use cartstream_kafka::admin::{self, TopicSpec};
+use cartstream_kafka::control::EndMarks;
 use cartstream_kafka::{read, KafkaArgs, Topic};
 use cartstream_processors::detect::{
     decode_marker, encode_marker, price_anomaly, PriceCheck, PriceConfig, SubjectWindow,
@@ -53,7 +67,7 @@ use cartstream_processors::detect::{
 };
 use cartstream_processors::session::{idle_target, parse_duration_ms};
 use cartstream_stream::{
-    Input, Output, ProcessError, Processor, ProcessorArgs, Progress, StageMetrics,
+    EndOfInput, Input, Output, ProcessError, Processor, ProcessorArgs, Progress, StageMetrics,
 };
 use clap::Parser;
 use prometheus::{register_int_counter_vec, register_int_gauge_vec, IntCounterVec, IntGaugeVec};
@@ -93,6 +107,12 @@ struct Cli {
     /// currency) to arrive.
     #[arg(long, env = "TREND_LAG_WINDOWS", default_value_t = 2)]
     trend_lag_windows: i64,
+    /// What tells how far a kpi.windows partition is complete: `marks`, the windower's
+    /// watermark records (exact at any speed), or `windows`, the newest final window start seen
+    /// (for a kpi.windows written by something that sends no watermark records; a window of a
+    /// writer that is behind may then be judged too late).
+    #[arg(long, env = "TREND_CLOCK", value_enum, default_value_t = TrendClock::Marks)]
+    trend_clock: TrendClock,
     /// Event-time window of the suspicious-user rule.
     #[arg(long, env = "USER_WINDOW", default_value = "1m", value_parser = parse_duration_ms)]
     user_window: i64,
@@ -204,6 +224,12 @@ fn broadcast_marks(
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum TrendClock {
+    Marks,
+    Windows,
+}
+
 /// Counts of the current batch, added to the metrics when it commits.
 #[derive(Default)]
 struct Pending {
@@ -237,8 +263,15 @@ struct Detector {
     users: HashMap<i32, UserBursts>,
     /// Owned enriched partitions (their event-time watermarks go to the by-user partitions).
     event_sources: HashMap<i32, Source>,
-    /// Owned kpi.windows partitions (their newest final window start goes to by-subject).
+    /// Owned kpi.windows partitions (the newest start of the windows complete in them goes to
+    /// by-subject).
     kpi_sources: HashMap<i32, Source>,
+    trend_clock: TrendClock,
+    /// The windower's watermark records on the kpi.windows partitions, combined over its merge
+    /// partitions (`--trend-clock marks`).
+    kpi_marks: EndMarks,
+    /// The stream those records name: final windows of the trend rule's spec.
+    kpi_stream: String,
     enriched_partitions: i32,
     kpi_partitions: i32,
     owned: HashSet<(String, i32)>,
@@ -381,6 +414,7 @@ impl Processor for Detector {
                 self.event_sources.remove(p);
             } else if *t == self.kpi_topic {
                 self.kpi_sources.remove(p);
+                self.kpi_marks.forget(t, *p);
             }
         }
     }
@@ -427,6 +461,30 @@ impl Processor for Detector {
         } else {
             self.pending_ends
                 .push((input.topic.to_string(), input.partition, end));
+        }
+        Ok(())
+    }
+
+    async fn on_watermark(
+        &mut self,
+        input: &Input<'_>,
+        mark: &EndOfInput,
+        stream: Option<&str>,
+        _out: &mut Output,
+    ) -> Result<(), ProcessError> {
+        if input.topic != self.kpi_topic
+            || self.trend_clock != TrendClock::Marks
+            || stream != Some(self.kpi_stream.as_str())
+        {
+            return Ok(());
+        }
+        if let Some(before) = self.kpi_marks.observe(input.topic, input.partition, mark) {
+            // Every window of the watched spec starting before `before` is in this partition:
+            // the newest complete one starts a window earlier.
+            self.kpi_sources
+                .entry(input.partition)
+                .or_insert_with(Source::new)
+                .saw(before.saturating_sub(self.trend_cfg.window_ms));
         }
         Ok(())
     }
@@ -489,7 +547,7 @@ impl Processor for Detector {
                     return Ok(());
                 }
             };
-            if w.is_final {
+            if w.is_final && self.trend_clock == TrendClock::Windows {
                 if let Some(s) = self.kpi_sources.get_mut(&input.partition) {
                     s.saw(w.window_start);
                 }
@@ -800,6 +858,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         trends: HashMap::new(),
         event_sources: HashMap::new(),
         kpi_sources: HashMap::new(),
+        trend_clock: cli.trend_clock,
+        kpi_marks: EndMarks::default(),
+        kpi_stream: cartstream_processors::win_stage::window_stream(
+            cli.trend_window,
+            cli.trend_window,
+        ),
         enriched_partitions,
         kpi_partitions,
         users: HashMap::new(),

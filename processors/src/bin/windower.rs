@@ -18,7 +18,12 @@
 //!    emits a window when the minimum watermark over all input partitions passes its end plus
 //!    grace. Its state (panes with exact user sets, upstream watermarks) is in the compacted
 //!    `<group>.changelog`, written in the same transaction as the outputs and restored on
-//!    assignment, so results are exact across `kill -9` and rebalances.
+//!    assignment, so results are exact across `kill -9` and rebalances. After its results,
+//!    each partition writes a watermark record (`cartstream_kafka::control`, stream
+//!    `window/<size>/<slide>`) to every `kpi.windows` partition: every final window starting
+//!    before it has been written. All merge partitions write to every `kpi.windows` partition,
+//!    so only these records (the lowest over all merge partitions) tell a reader such as the
+//!    detector how far a `kpi.windows` partition is complete.
 
 use std::collections::{HashMap, HashSet};
 use std::process::ExitCode;
@@ -535,6 +540,11 @@ struct Merge {
     /// Repartition partitions whose end of input arrived in this batch: close everything it
     /// allows in this tick and forward the mark to the output after the results.
     pending_ends: Vec<(i32, i64)>,
+    /// Per repartition partition, the watermark last written to `kpi.windows` (not persisted:
+    /// after a restart or an abort it is sent again; receivers keep the highest).
+    marks_sent: HashMap<i32, i64>,
+    /// The stream name of this spec's windows in those watermark records.
+    stream: String,
 }
 
 impl Merge {
@@ -678,6 +688,7 @@ impl Processor for Merge {
     fn on_revoked(&mut self, partitions: &[(String, i32)]) {
         for (_, p) in partitions {
             self.states.remove(p);
+            self.marks_sent.remove(p);
         }
     }
 
@@ -752,6 +763,20 @@ impl Processor for Merge {
         for (p, cp) in checkpoints {
             out.changelog(&self.changelog, p, CHECKPOINT_KEY, cp.encode());
         }
+        // Each repartition partition writes to every kpi.windows partition, so the newest window
+        // in one of them says nothing about the others' progress: after its results, each
+        // partition writes how far it has emitted (every final window starting before it).
+        for p in &parts {
+            let Some(state) = self.states.get(p) else {
+                continue;
+            };
+            let done = state.emitted_before();
+            let sent = self.marks_sent.entry(*p).or_insert(i64::MIN);
+            if done != i64::MIN && done > *sent {
+                out.send_watermark(&self.out_topic, &self.input, *p, &self.stream, done);
+                *sent = done;
+            }
+        }
         for (p, end) in ends {
             tracing::info!(partition = p, end, "end of input: forwarded");
             out.forward_end_of(&self.out_topic, &self.input, p, end);
@@ -805,6 +830,7 @@ impl Processor for Merge {
     fn rollback(&mut self) {
         self.pending_kpi.clear();
         self.pending_ends.clear();
+        self.marks_sent.clear();
         // Changes since the last commit are not separable: rebuild from the changelog (which
         // holds exactly the committed state) before the next record.
         self.needs_restore = true;
@@ -959,6 +985,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         )?,
         pending_kpi: Vec::new(),
         pending_ends: Vec::new(),
+        marks_sent: HashMap::new(),
+        stream: win_stage::window_stream(cfg.spec.size_ms, cfg.spec.slide_ms),
     };
     let dlq = names.name(Topic::DeadLetters);
     let dlq_subject = names.subject(Topic::DeadLetters);
