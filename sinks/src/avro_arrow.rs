@@ -287,6 +287,24 @@ pub fn time_field(avro: &Schema, candidates: &[&str]) -> Option<usize> {
     })
 }
 
+/// The index of the top-level boolean field `name` of `avro`.
+pub fn bool_field(avro: &Schema, name: &str) -> Option<usize> {
+    let Schema::Record(r) = avro else {
+        return None;
+    };
+    r.fields
+        .iter()
+        .position(|f| f.name == name && matches!(f.schema, Schema::Boolean))
+}
+
+/// The boolean value of field `i` of a record.
+pub fn bool_value(v: &Value, i: usize) -> Option<bool> {
+    match record_field(v, i)? {
+        Value::Boolean(b) => Some(*b),
+        _ => None,
+    }
+}
+
 /// The epoch-millisecond value of field `i` of a record.
 pub fn time_value(v: &Value, i: usize) -> Option<i64> {
     match record_field(v, i)? {

@@ -35,7 +35,7 @@
 //! sees, and the next compaction deletes the leftovers. Plain readers that do not apply the rule
 //! see the truth whenever no compaction is half-done (the normal state).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -62,6 +62,7 @@ use rdkafka::message::{Message, OwnedMessage};
 use crate::avro_arrow;
 use crate::dlq::DeadLetters;
 use crate::metrics::SinkMetrics;
+use crate::snapshot;
 use crate::source::{self, GroupArgs, Owned, Rebalance};
 
 const SINK: &str = "lake";
@@ -308,14 +309,41 @@ pub struct LakeSinkArgs {
     pub group: GroupArgs,
     #[command(flatten)]
     pub parquet: ParquetArgs,
-    /// Input topics (base names; the topic prefix is added).
+    /// Input topics (base names; the topic prefix is added): by default the star schema's facts,
+    /// enriched events, closed sessions, final KPI windows and alerts.
     #[arg(
         long,
         env = "LAKE_SINK_TOPICS",
         value_delimiter = ',',
-        default_value = "purchases.enriched"
+        default_value = "purchases.enriched,sessions.closed,kpi.windows,alerts.raised"
     )]
     pub topics: Vec<String>,
+    /// Early KPI window updates (`is_final = false`): skip (the lake keeps final windows only,
+    /// one row per window) or keep (every emission).
+    #[arg(long, env = "LAKE_EARLY_WINDOWS", value_enum, default_value_t = EarlyWindows::Skip)]
+    pub early_windows: EarlyWindows,
+    /// Dimension topics (base names) to keep daily snapshots of, under
+    /// `snapshot=<topic>/date=YYYY-MM-DD/` ("" for none).
+    #[arg(
+        long,
+        env = "LAKE_SNAPSHOTS",
+        value_delimiter = ',',
+        default_value = "catalog.products,catalog.users"
+    )]
+    pub snapshots: Vec<String>,
+    /// Rewrite the current date's snapshot at most this often while its dimension changes.
+    #[arg(long, env = "LAKE_SNAPSHOT_EVERY_SECS", default_value_t = 300)]
+    pub snapshot_every_secs: u64,
+    /// Compact the closed hours of every input topic this often, for the partitions this
+    /// instance owns (0: never; `compact` does it by hand).
+    #[arg(long, env = "LAKE_COMPACT_EVERY_SECS", default_value_t = 900)]
+    pub compact_every_secs: u64,
+    /// Scheduled compaction: an hour is closed this many seconds after its end (wall clock).
+    #[arg(long, env = "LAKE_COMPACT_CLOSED_AFTER_SECS", default_value_t = 3600)]
+    pub compact_closed_after_secs: i64,
+    /// Scheduled compaction: merge up to this many bytes of input per output file.
+    #[arg(long, env = "LAKE_COMPACT_TARGET_BYTES", default_value_t = 128 * 1024 * 1024)]
+    pub compact_target_bytes: u64,
     /// Rotate a partition's file after this many records.
     #[arg(long, env = "MAX_FILE_RECORDS", default_value_t = 500_000)]
     pub max_file_records: usize,
@@ -325,6 +353,13 @@ pub struct LakeSinkArgs {
     /// Rotate a partition's file this many seconds after its first record (the latency bound).
     #[arg(long, env = "MAX_FILE_AGE_SECS", default_value_t = 60)]
     pub max_file_age_secs: u64,
+}
+
+/// What the lake does with early KPI window updates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EarlyWindows {
+    Skip,
+    Keep,
 }
 
 /// A decoded record waiting for its flush.
@@ -373,6 +408,8 @@ struct Plan {
     reader: GenericDatumReader<'static>,
     arrow: SchemaRef,
     time_field: Option<usize>,
+    /// The boolean `is_final` field (KPI windows), if the schema has one.
+    final_field: Option<usize>,
 }
 
 enum DecodeFailure {
@@ -422,6 +459,7 @@ impl Schemas {
             reader,
             arrow,
             time_field: avro_arrow::time_field(writer, TIME_FIELDS),
+            final_field: avro_arrow::bool_field(writer, "is_final"),
         });
         self.by_id.insert(id, plan.clone());
         Ok(plan)
@@ -479,6 +517,21 @@ struct Sink<'a> {
     /// offset commit (CARTSTREAM_LAKE_EXIT_AFTER_UPLOADS).
     exit_after_uploads: Option<u64>,
     uploads: u64,
+    /// Daily dimension snapshots (see [`crate::snapshot`]).
+    snapshots: Vec<Snapshots>,
+    /// The input topics (full names).
+    inputs: Vec<String>,
+    /// Epoch days the fact topics got rows of in this run, and the latest event time written.
+    fact_days: BTreeSet<i64>,
+    clock_ms: Option<i64>,
+    started: Instant,
+}
+
+/// One dimension's table and snapshot schedule.
+struct Snapshots {
+    topic: String,
+    table: snapshot::SharedTable,
+    schedule: snapshot::Schedule,
 }
 
 /// Runs the sink until shutdown (see the module docs); on shutdown, flushes every partition.
@@ -509,7 +562,44 @@ pub async fn run(ctx: Context<'_>) -> anyhow::Result<()> {
     let consumer =
         source::consumer(kafka, &group, args.group.instance_id.as_deref(), &inputs).await?;
     source::spawn_lag_reporter(kafka, &group, inputs.clone(), SINK, shutdown.clone());
-    SinkMetrics::get().zero(SINK, &["upload", "decode", "commit"], &["flush"]);
+    let m = SinkMetrics::get();
+    m.zero(
+        SINK,
+        &["upload", "decode", "commit"],
+        &["flush", "snapshot", "compaction"],
+    );
+    for reason in ["control", "early_window", "bad_dimension"] {
+        m.skipped.with_label_values(&[SINK, reason]);
+    }
+    for outcome in ["ok", "error"] {
+        m.compactions.with_label_values(&[SINK, outcome]);
+    }
+    let mut snapshots = Vec::new();
+    let mut readers = tokio::task::JoinSet::new();
+    for base in args.snapshots.iter().filter(|t| !t.trim().is_empty()) {
+        let topic = format!("{}{}", names.topic_prefix, base.trim());
+        let existing: BTreeSet<i64> = lake
+            .list(&format!("snapshot={topic}/"))
+            .await
+            .with_context(|| format!("listing the snapshots of {topic}"))?
+            .iter()
+            .filter_map(|(p, _)| snapshot::parse_day(p))
+            .collect();
+        let table = snapshot::SharedTable::default();
+        readers.spawn(snapshot::read_dimension(
+            kafka.clone(),
+            format!("{group}-snapshots"),
+            registry.clone(),
+            topic.clone(),
+            table.clone(),
+            shutdown.clone(),
+        ));
+        snapshots.push(Snapshots {
+            topic,
+            table,
+            schedule: snapshot::Schedule::new(existing),
+        });
+    }
     tracing::info!(group, inputs = ?inputs, lake = %lake.store, prefix = %lake.prefix, "writing");
     health.set_ready(true);
     let mut sink = Sink {
@@ -526,7 +616,14 @@ pub async fn run(ctx: Context<'_>) -> anyhow::Result<()> {
             .ok()
             .and_then(|v| v.parse().ok()),
         uploads: 0,
+        snapshots,
+        inputs: inputs.clone(),
+        fact_days: BTreeSet::new(),
+        clock_ms: None,
+        started: Instant::now(),
     };
+    let mut compaction: Option<tokio::task::JoinHandle<()>> = None;
+    let mut last_compaction = Instant::now();
     let mut owned = Owned::default();
     let mut last_tick = Instant::now();
     while !shutdown.is_triggered() {
@@ -587,8 +684,28 @@ pub async fn run(ctx: Context<'_>) -> anyhow::Result<()> {
             for k in due {
                 sink.flush(&k).await?;
             }
+            sink.snapshot_tick().await?;
+            // A dimension reader that fails (bad credentials, a missing topic) stops the sink:
+            // its snapshots would silently stop otherwise.
+            if let Some(r) = readers.try_join_next() {
+                r.context("dimension reader panicked")?
+                    .context("dimension reader")?;
+            }
+            let every = sink.args.compact_every_secs;
+            if every > 0
+                && last_compaction.elapsed() >= Duration::from_secs(every)
+                && compaction.as_ref().is_none_or(|h| h.is_finished())
+            {
+                last_compaction = Instant::now();
+                compaction = Some(spawn_compaction(&sink, &owned));
+            }
         }
     }
+    if let Some(h) = compaction {
+        // Compaction is crash-safe (the reader rule): stopping it half-way is harmless.
+        h.abort();
+    }
+    readers.abort_all();
     // Graceful stop: flush what is buffered (a partition waiting for its recorded cut is left
     // to the next run, which replays it to the same cut).
     health.set_ready(false);
@@ -622,7 +739,9 @@ impl Sink<'_> {
         // An end-of-input mark (cartstream_kafka::control) has nothing to write; its offset
         // still belongs to the partition's range.
         let control = matches!(cartstream_kafka::control::control_of(msg), Ok(Some(_)));
-        if !control {
+        if control {
+            m.skipped.with_label_values(&[SINK, "control"]).inc();
+        } else {
             // Decode; a registry outage is retried, a bad record dead-lettered (its offset still
             // belongs to the partition's range).
             let mut backoff = Duration::from_millis(200);
@@ -671,10 +790,21 @@ impl Sink<'_> {
                         .and_then(|i| avro_arrow::time_value(&value, i))
                         .or_else(|| msg.timestamp().to_millis())
                         .unwrap_or(0);
+                    // An early KPI window update: its final emission follows (the offset still
+                    // belongs to the partition's range).
+                    let early = self.args.early_windows == EarlyWindows::Skip
+                        && plan
+                            .final_field
+                            .and_then(|i| avro_arrow::bool_value(&value, i))
+                            == Some(false);
                     let part = self.part(&key);
                     part.schema_id = Some(id);
-                    part.records.push(Buffered { time_ms, value });
-                    part.bytes += msg.payload().map_or(0, <[u8]>::len);
+                    if early {
+                        m.skipped.with_label_values(&[SINK, "early_window"]).inc();
+                    } else {
+                        part.records.push(Buffered { time_ms, value });
+                        part.bytes += msg.payload().map_or(0, <[u8]>::len);
+                    }
                 }
                 Err((code, message, schema_id)) => {
                     let mut backoff = Duration::from_millis(200);
@@ -703,6 +833,53 @@ impl Sink<'_> {
             self.flush(&key).await?;
         }
         Ok(false)
+    }
+
+    /// Writes the dimension snapshots that are due (see [`crate::snapshot`]).
+    async fn snapshot_tick(&mut self) -> anyhow::Result<()> {
+        let clock_day = self.clock_ms.map(snapshot::day_of);
+        let now = self.started.elapsed().as_millis() as i64;
+        let every = (self.args.snapshot_every_secs * 1000) as i64;
+        for i in 0..self.snapshots.len() {
+            let s = &mut self.snapshots[i];
+            let (version, ready) = {
+                let t = snapshot::lock(&s.table);
+                (t.version, t.caught_up && !t.is_empty())
+            };
+            if !ready {
+                continue;
+            }
+            let due = s
+                .schedule
+                .due(&self.fact_days, clock_day, version, now, every);
+            for day in due {
+                let s = &mut self.snapshots[i];
+                let built = {
+                    let t = snapshot::lock(&s.table);
+                    t.batch().map(|b| (t.version, b))
+                };
+                let (version, Some((schema, batch))) =
+                    built.with_context(|| format!("snapshot of {}", s.topic))?
+                else {
+                    continue;
+                };
+                let rows = batch.num_rows();
+                let body = parquet_bytes(&schema, &[batch], &self.args.parquet)?;
+                let rel = format!(
+                    "{}/{}",
+                    snapshot::snapshot_dir(&s.topic, day),
+                    snapshot::SNAPSHOT_FILE
+                );
+                put_retrying(&self.lake, &rel, body, "snapshot", Some(self.shutdown)).await?;
+                s.schedule.done(day, version, now);
+                SinkMetrics::get()
+                    .rows_written
+                    .with_label_values(&[SINK, "snapshot"])
+                    .inc_by(rows as u64);
+                tracing::debug!(rel, rows, version, "snapshot written");
+            }
+        }
+        Ok(())
     }
 
     fn part(&mut self, key: &(String, i32)) -> &mut Part {
@@ -743,7 +920,12 @@ impl Sink<'_> {
                 .await
                 .map_err(|_| anyhow::anyhow!("schema {id} vanished from the cache"))?;
             let mut by_hour: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
+            let fact = !self.snapshots.iter().any(|s| s.topic == topic);
             for r in &records {
+                if fact {
+                    self.fact_days.insert(snapshot::day_of(r.time_ms));
+                    self.clock_ms = Some(self.clock_ms.map_or(r.time_ms, |c| c.max(r.time_ms)));
+                }
                 by_hour
                     .entry(hour_dir(&topic, r.time_ms))
                     .or_default()
@@ -803,6 +985,52 @@ impl Sink<'_> {
     }
 }
 
+/// One scheduled compaction of every input topic's closed hours, for the partitions this
+/// instance owns now, in a task of its own (the sink goes on writing: compaction only merges
+/// files it listed, and the reader rule covers a flush rewritten meanwhile).
+fn spawn_compaction(sink: &Sink<'_>, owned: &Owned) -> tokio::task::JoinHandle<()> {
+    let lake = sink.lake.clone();
+    let jobs: Vec<CompactArgs> = sink
+        .inputs
+        .iter()
+        .filter_map(|topic| {
+            let parts = owned.partitions(topic);
+            (!parts.is_empty()).then(|| CompactArgs {
+                parquet: sink.args.parquet.clone(),
+                topic: topic.clone(),
+                target_bytes: sink.args.compact_target_bytes,
+                closed_after_secs: sink.args.compact_closed_after_secs,
+                partitions: Some(parts),
+            })
+        })
+        .collect();
+    tokio::spawn(async move {
+        let m = SinkMetrics::get();
+        let started = Instant::now();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let mut outcome = "ok";
+        for args in &jobs {
+            match compact(&lake, args, now).await {
+                Ok(r) => {
+                    if r.merged_files + r.covered_deleted > 0 {
+                        tracing::info!(topic = %args.topic, hours = r.hours, merged = r.merged_files, inputs = r.inputs_merged, rows = r.rows, covered_deleted = r.covered_deleted, "compacted");
+                    }
+                }
+                Err(e) => {
+                    outcome = "error";
+                    tracing::warn!(topic = %args.topic, error = %format!("{e:#}"), "scheduled compaction failed; the next run retries");
+                }
+            }
+        }
+        m.compactions.with_label_values(&[SINK, outcome]).inc();
+        m.compaction_seconds
+            .with_label_values(&[SINK])
+            .observe(started.elapsed().as_secs_f64());
+    })
+}
+
 // ------------------------------------------------------------------------------------------
 // Compaction
 
@@ -820,6 +1048,9 @@ pub struct CompactArgs {
     /// An hour is closed (compactable) this many seconds after its end.
     #[arg(long, env = "COMPACT_CLOSED_AFTER_SECS", default_value_t = 3600)]
     pub closed_after_secs: i64,
+    /// Only these Kafka partitions' files (the scheduled compaction: those the instance owns).
+    #[arg(skip)]
+    pub partitions: Option<Vec<i32>>,
 }
 
 /// What `compact` did.
@@ -860,6 +1091,14 @@ struct Group {
     inputs: Vec<(i64, i64, String)>,
 }
 
+/// Deletes a file; one already gone (another compaction got there first) is fine.
+async fn delete_if_there(lake: &Lake, rel: &str) -> anyhow::Result<()> {
+    match lake.store.delete(&lake.path(rel)).await {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("deleting {rel}")),
+    }
+}
+
 /// Merges the small files of every closed hour of `args.topic` (see the module docs).
 pub async fn compact(
     lake: &Lake,
@@ -894,11 +1133,15 @@ pub async fn compact(
         let cov = covered(&ranges);
         let mut live: BTreeMap<i32, Vec<(i64, i64, u64, String)>> = BTreeMap::new();
         for ((name, size, (p, f, l)), c) in parsed.into_iter().zip(cov) {
+            if args.partitions.as_ref().is_some_and(|ps| !ps.contains(&p)) {
+                continue;
+            }
             if c {
-                lake.store
-                    .delete(&lake.path(&format!("{dir}/{name}")))
-                    .await?;
+                delete_if_there(lake, &format!("{dir}/{name}")).await?;
                 report.covered_deleted += 1;
+                m.compacted_files
+                    .with_label_values(&[SINK, "covered_deleted"])
+                    .inc();
             } else {
                 live.entry(p).or_default().push((f, l, size, name));
             }
@@ -952,10 +1195,12 @@ pub async fn compact(
                         std::process::exit(86);
                     }
                     for f in &g.inputs {
-                        lake.store
-                            .delete(&lake.path(&format!("{dir}/{}", f.2)))
-                            .await?;
+                        delete_if_there(lake, &format!("{dir}/{}", f.2)).await?;
                     }
+                    m.compacted_files.with_label_values(&[SINK, "merged"]).inc();
+                    m.compacted_files
+                        .with_label_values(&[SINK, "inputs"])
+                        .inc_by(g.inputs.len() as u64);
                     report.merged_files += 1;
                     report.inputs_merged += g.inputs.len();
                     report.rows += rows as u64;

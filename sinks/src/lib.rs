@@ -7,7 +7,9 @@
 //! - [`avro_arrow`]: Arrow schemas derived from Avro schemas and record batches built from Avro
 //!   values (pure).
 //! - [`lake`]: `cartstream-lake-sink`: Parquet files named by offset range, uploaded through
-//!   `object_store`, offsets after uploads; compaction of closed hours.
+//!   `object_store`, offsets after uploads; compaction of closed hours (on a schedule too).
+//! - [`snapshot`]: daily snapshots of the dimension topics in the lake (the star schema's
+//!   dimensions).
 //! - [`source`], [`dlq`], [`metrics`]: the Kafka consumer, dead letters and metrics both share.
 
 pub mod avro_arrow;
@@ -17,4 +19,5 @@ pub mod lake;
 pub mod metrics;
 pub mod rows;
 pub mod scylla;
+pub mod snapshot;
 pub mod source;

@@ -22,6 +22,13 @@ pub struct SinkMetrics {
     pub dead_lettered: IntCounterVec,
     pub commits: IntCounterVec,
     pub lag: IntGaugeVec,
+    /// Records read and deliberately not written (control marks, early KPI window updates,
+    /// unreadable dimension records), by reason.
+    pub skipped: IntCounterVec,
+    /// Scheduled compaction runs by outcome, their duration, and what they did.
+    pub compactions: IntCounterVec,
+    pub compaction_seconds: HistogramVec,
+    pub compacted_files: IntCounterVec,
 }
 
 impl SinkMetrics {
@@ -105,6 +112,27 @@ impl SinkMetrics {
                 "cartstream_sink_commit_lag_records",
                 "Records between the committed offset and the end of each input partition",
                 &["sink", "topic", "partition"]
+            )?,
+            skipped: register_int_counter_vec!(
+                "cartstream_sink_skipped_total",
+                "Records read and deliberately not written, by reason (control, early_window, bad_dimension)",
+                &["sink", "reason"]
+            )?,
+            compactions: register_int_counter_vec!(
+                "cartstream_sink_compactions_total",
+                "Scheduled compaction runs of the lake sink, by outcome (ok, error)",
+                &["sink", "outcome"]
+            )?,
+            compaction_seconds: register_histogram_vec!(
+                "cartstream_sink_compaction_seconds",
+                "Duration of one scheduled compaction run over every input topic",
+                &["sink"],
+                vec![0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0]
+            )?,
+            compacted_files: register_int_counter_vec!(
+                "cartstream_sink_compacted_files_total",
+                "Files compaction handled: inputs merged, merged files written, covered leftovers deleted",
+                &["sink", "what"]
             )?,
         })
     }

@@ -161,6 +161,17 @@ impl Owned {
         }
     }
 
+    /// The partitions of `topic` owned now, in order.
+    pub fn partitions(&self, topic: &str) -> Vec<i32> {
+        let mut ps: Vec<i32> = self
+            .0
+            .get(topic)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default();
+        ps.sort_unstable();
+        ps
+    }
+
     pub fn contains(&self, topic: &str, partition: i32) -> bool {
         self.0.get(topic).is_some_and(|s| s.contains(&partition))
     }
