@@ -73,9 +73,25 @@ pub struct Common {
     pub progress: ProgressMode,
 }
 
+/// The kind of shop simulated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Profile {
+    /// A multi-category store in the REES46 style, open around the clock, prices in USD.
+    Default,
+    /// An online gift shop like the UCI Online Retail export: store hours and closed days,
+    /// weekly and yearly seasonality with a November-December peak, guest checkouts, SKU
+    /// product ids, orders repeating a SKU at other quantities, prices in GBP.
+    Retail,
+}
+
 /// The shop: its products and users.
 #[derive(Args, Clone)]
 pub struct CatalogArgs {
+    /// The shop: default, or retail (store hours, seasons, guests, SKUs; see the README).
+    /// load-catalog with the same --profile, --seed, --products and --users publishes the
+    /// catalog that simulate shops in.
+    #[arg(long, env = "PRODUCER_PROFILE", value_enum, default_value_t = Profile::Default)]
+    pub profile: Profile,
     /// Products of the synthetic catalog (ignored with --steam-csv).
     #[arg(long, env = "PRODUCER_PRODUCTS", default_value_t = 5000)]
     pub products: usize,
@@ -135,14 +151,30 @@ pub struct SimulateArgs {
     #[arg(long, env = "PRODUCER_NO_SEASONALITY")]
     pub no_seasonality: bool,
     /// Currencies shoppers pay in, comma-separated: users pay in their country's currency when
-    /// listed, else in the first one.
-    #[arg(
-        long,
-        env = "PRODUCER_CURRENCIES",
-        value_delimiter = ',',
-        default_value = "USD"
-    )]
+    /// listed, else in the first one. Default: USD (GBP with --profile retail).
+    #[arg(long, env = "PRODUCER_CURRENCIES", value_delimiter = ',')]
     pub currencies: Vec<String>,
+    /// With --profile retail: the hours (UTC) the shop takes orders, FROM-TO in whole hours, TO
+    /// excluded (22-6 wraps over midnight, 0-24 is all day). Default 7-20.
+    #[arg(long, env = "PRODUCER_OPEN_HOURS")]
+    pub open_hours: Option<String>,
+    /// With --profile retail: weekdays the shop is closed, comma-separated (mon..sun), or none.
+    /// Default sat.
+    #[arg(long, env = "PRODUCER_CLOSED_DAYS")]
+    pub closed_days: Option<String>,
+    /// With --profile retail: dates the shop is closed every year, MM-DD or MM-DD..MM-DD (may
+    /// wrap over the new year), comma-separated, or none. Default 12-24..01-03.
+    #[arg(long, env = "PRODUCER_CLOSED_DATES")]
+    pub closed_dates: Option<String>,
+    /// With --profile retail: share of sessions that are guest checkouts (the session's
+    /// anonymous user, an id in [2^51, 2^52), as replay gives rows without a user). Default 0.25.
+    #[arg(long, env = "PRODUCER_GUEST_SHARE")]
+    pub guest_share: Option<f64>,
+    /// With --profile retail: chance per cart action, with a non-empty cart, of adding a product
+    /// already in it again at another quantity (its own order line, its own event id).
+    /// Default 0.15.
+    #[arg(long, env = "PRODUCER_REPEAT_LINE_SHARE")]
+    pub repeat_line_share: Option<f64>,
     /// Do not publish the product and user dimensions.
     #[arg(long, env = "PRODUCER_SKIP_DIMENSIONS")]
     pub skip_dimensions: bool,
@@ -332,6 +364,29 @@ mod tests {
             cli.simulate.end_of_input,
             EndMark::None,
             "a simulation is live"
+        );
+        assert_eq!(cli.simulate.catalog.profile, Profile::Default);
+        assert!(cli.simulate.currencies.is_empty(), "the profile's currency");
+        let cli = Cli::try_parse_from([
+            "p",
+            "simulate",
+            "--profile",
+            "retail",
+            "--start-time",
+            "2026-01-01",
+            "--closed-days",
+            "sat,sun",
+            "--guest-share",
+            "0.3",
+        ])
+        .unwrap();
+        let Some(Command::Simulate(s)) = cli.command else {
+            panic!("simulate")
+        };
+        assert_eq!(s.catalog.profile, Profile::Retail);
+        assert_eq!(
+            (s.closed_days.as_deref(), s.guest_share),
+            (Some("sat,sun"), Some(0.3))
         );
         let cli = Cli::try_parse_from([
             "p",

@@ -5,6 +5,8 @@
 //! Layout — pure logic first (no Kafka, no clock, no I/O; unit- and property-tested):
 //! - [`sim`]: shoppers as a discrete-event simulation in event time (funnel, inactivity gaps,
 //!   Zipf popularity, seasonality, currencies, quantities, trends, price changes).
+//! - [`retail`]: the retail profile's store hours, demand curves (day, week, year), order-line
+//!   quantities and SKU catalog.
 //! - [`faults`]: fault injection at chosen ratios (duplicates near and far, late and out-of-order
 //!   events, malformed records of eight kinds).
 //! - [`replay`]: REES46 rows parsed by header name, messy rows sent or skipped with a reason,
@@ -34,6 +36,7 @@ pub mod metrics;
 pub mod output;
 pub mod progress;
 pub mod replay;
+pub mod retail;
 pub mod run;
 pub mod sim;
 pub mod steam;

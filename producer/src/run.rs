@@ -21,7 +21,9 @@ use cartstream_runtime::Shutdown;
 use serde_json::json;
 
 use crate::catalog::{is_known_currency, known_currencies, Catalog};
-use crate::cli::{CatalogArgs, Common, EndMark, LoadCatalogArgs, ReplayArgs, SimulateArgs};
+use crate::cli::{
+    CatalogArgs, Common, EndMark, LoadCatalogArgs, Profile, ReplayArgs, SimulateArgs,
+};
 use crate::clock::{format_rfc3339_into, parse_duration_ms, parse_instant, Pacer};
 use crate::fastavro::FastRawWriter;
 use crate::faults::{Delay, FaultConfig, Injector, Kind, Malformed, UNKNOWN_SCHEMA_ID};
@@ -29,7 +31,8 @@ use crate::metrics::Metrics;
 use crate::output::Output;
 use crate::progress::Progress;
 use crate::replay::{self, Item};
-use crate::sim::{blank_event, SimConfig, Simulator, Step, Trend, TrendTarget};
+use crate::retail::StoreHours;
+use crate::sim::{blank_event, RetailConfig, SimConfig, Simulator, Step, Trend, TrendTarget};
 use crate::truth::{validate, GroundTruth};
 
 fn wall_ms() -> i64 {
@@ -119,6 +122,19 @@ pub async fn connect(common: &Common, metrics: &Metrics) -> anyhow::Result<(Enco
 
 /// The catalog of a run: the Steam CSV's games or synthetic products, and synthetic users.
 pub fn load_catalog(args: &CatalogArgs, seed: u64, now_ms: i64) -> anyhow::Result<Catalog> {
+    if args.profile == Profile::Retail {
+        if args.steam_csv.is_some() {
+            anyhow::bail!(
+                "--profile retail has its own catalog: --steam-csv is for the default one"
+            );
+        }
+        return Ok(Catalog::retail(
+            seed,
+            args.products.max(1),
+            args.users.max(1),
+            now_ms,
+        ));
+    }
     let users = Catalog::synthetic_users(seed, args.users.max(1), now_ms);
     let Some(path) = &args.steam_csv else {
         let mut c = Catalog::synthetic(seed, args.products.max(1), 0, now_ms);
@@ -279,7 +295,15 @@ pub fn sim_config(
     }
     let speed = if live { 1.0 } else { args.speed };
     let rate = if args.rate > 0.0 { args.rate } else { 1000.0 };
-    for c in &args.currencies {
+    let retail = retail_config(args)?;
+    let currencies = if !args.currencies.is_empty() {
+        args.currencies.clone()
+    } else if retail.is_some() {
+        vec!["GBP".to_string()]
+    } else {
+        vec!["USD".to_string()]
+    };
+    for c in &currencies {
         if !is_known_currency(c) {
             anyhow::bail!(
                 "--currencies: {c} is not one the simulator knows ({})",
@@ -328,11 +352,63 @@ pub fn sim_config(
         think_ms: args.think_secs.map(|s| s * 1000.0),
         session_gap_ms: args.session_gap_secs.max(1) as i64 * 1000,
         popularity_skew: 1.1,
-        funnel: Default::default(),
-        currencies: args.currencies.clone(),
+        funnel: if retail.is_some() {
+            RetailConfig::funnel()
+        } else {
+            Default::default()
+        },
+        currencies,
         trend,
         price_change_every_ms: (every > 0).then_some(every),
+        retail,
     })
+}
+
+/// The retail profile's settings from the flags; `None` for the default profile, whose shop
+/// takes none of them.
+pub fn retail_config(args: &SimulateArgs) -> anyhow::Result<Option<RetailConfig>> {
+    if args.catalog.profile != Profile::Retail {
+        let given = [
+            ("--open-hours", args.open_hours.is_some()),
+            ("--closed-days", args.closed_days.is_some()),
+            ("--closed-dates", args.closed_dates.is_some()),
+            ("--guest-share", args.guest_share.is_some()),
+            ("--repeat-line-share", args.repeat_line_share.is_some()),
+        ];
+        if let Some((flag, _)) = given.iter().find(|(_, g)| *g) {
+            anyhow::bail!("{flag} is a setting of --profile retail");
+        }
+        return Ok(None);
+    }
+    if args.start_time.is_none() {
+        anyhow::bail!(
+            "--profile retail runs on a simulated clock (its store hours are in event time): give \
+             --start-time (now for the present, with --speed 1 for real time)"
+        );
+    }
+    let mut r = RetailConfig::online_retail();
+    r.hours = StoreHours::parse(
+        args.open_hours.as_deref().unwrap_or("7-20"),
+        args.closed_days.as_deref().unwrap_or("sat"),
+        args.closed_dates.as_deref().unwrap_or("12-24..01-03"),
+        !args.no_seasonality,
+    )?;
+    for (flag, v, into) in [
+        ("--guest-share", args.guest_share, &mut r.guest_share),
+        (
+            "--repeat-line-share",
+            args.repeat_line_share,
+            &mut r.repeat_line,
+        ),
+    ] {
+        if let Some(v) = v {
+            if !(0.0..=1.0).contains(&v) {
+                anyhow::bail!("{flag} must be between 0 and 1, not {v}");
+            }
+            *into = v;
+        }
+    }
+    Ok(Some(r))
 }
 
 pub fn fault_config(args: &SimulateArgs) -> anyhow::Result<FaultConfig> {
@@ -614,6 +690,7 @@ fn simulate_loop(
             "config".into(),
             json!({
                 "seed": args.seed,
+                "profile": format!("{:?}", args.catalog.profile).to_lowercase(),
                 "clock": if live { "live" } else { "simulated" },
                 "start_ms": config.start_ms,
                 "speed": speed,
