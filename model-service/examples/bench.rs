@@ -107,7 +107,7 @@ fn main() {
                 )
             })
             .collect();
-        let _ = engine.close_period(history.index_of(i), &obs);
+        engine.close_period(history.index_of(i), &obs);
     }
     let mut cand = engine.retrain("bench", 0).unwrap();
     cand.meta.version = "v000001".into();

@@ -13,6 +13,8 @@
 //!   one of three families), hold-out evaluation and rolling-origin backtest against the
 //!   baselines, prediction, the serialisable artefact.
 //! - [`monitor`]: live accuracy, drift and the retrain/promotion decisions ([`monitor::Engine`]).
+//! - [`schedule`]: when to retrain, in event time (never while catching up on a backlog; once
+//!   on everything at the end of input).
 //! - [`synth`]: synthetic history with known structure, the simulator's shape and a retail
 //!   shop's year (tests, bench, `train` and `backtest` on synthetic history).
 //! - [`registry`]: versioned artefacts, metadata and the champion pointer in object storage.
@@ -29,6 +31,7 @@ pub mod metrics;
 pub mod model;
 pub mod monitor;
 pub mod registry;
+pub mod schedule;
 pub mod series;
 pub mod service;
 pub mod synth;

@@ -65,9 +65,26 @@ struct RunArgs {
     model: ModelArgs,
     #[command(flatten)]
     cql: ForecastStoreArgs,
-    /// Address of the forecast API.
+    /// Address of the forecast API (loopback by default; give a token before exposing it).
     #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:8088")]
     http_addr: String,
+    /// Bearer token required by the mutating routes (POST /v1/retrain, /v1/rollback); reads
+    /// stay open. Unset: those routes are open too (fine on loopback). Prefer the environment
+    /// variable: a flag's value is visible in `ps`.
+    #[arg(long, env = "MODEL_API_TOKEN", hide_env_values = true)]
+    api_token: Option<String>,
+    /// Seconds after a manual retrain before the API accepts the next one (429 with
+    /// Retry-After before that, and while one runs).
+    #[arg(long, env = "MODEL_API_RETRAIN_COOLDOWN_SECS", default_value_t = 60)]
+    api_retrain_cooldown_secs: u64,
+    /// Deadline of every API request, in seconds (503 after it).
+    #[arg(long, env = "MODEL_API_TIMEOUT_SECS", default_value_t = 60)]
+    api_timeout_secs: u64,
+    /// Caught up means: no unread record on any kpi.windows partition, and none read, for this
+    /// many ms. Automatic retrains wait for it (or for the end of input), so a backlog is read
+    /// without training challengers on outdated history.
+    #[arg(long, env = "MODEL_IDLE_TIMEOUT_MS", default_value_t = 2000)]
+    idle_timeout_ms: u64,
     /// Categories exported as forecast gauges at most.
     #[arg(long, env = "GAUGE_SERIES_MAX", default_value_t = 200)]
     gauge_series_max: usize,
@@ -179,7 +196,13 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
     let schema_registry = a.schema_registry.connect()?;
     let registry = ModelRegistry::open(&a.model.model_store)?;
     let (cmd_tx, cmd_rx) = mpsc::channel();
-    let shared = Arc::new(Shared::new(registry.clone(), cmd_tx));
+    let guard = api::ApiGuard::new(
+        a.api_token.clone(),
+        std::time::Duration::from_secs(a.api_retrain_cooldown_secs),
+        std::time::Duration::from_secs(a.api_timeout_secs.max(1)),
+    );
+    let token_set = guard.has_token();
+    let shared = Arc::new(Shared::with_guard(registry.clone(), cmd_tx, guard));
     let (f_tx, f_rx) = watch::channel(None);
 
     if a.cql.write_forecasts {
@@ -208,7 +231,11 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&a.http_addr)
         .await
         .with_context(|| format!("cannot listen on {} for the API", a.http_addr))?;
-    tracing::info!(addr = %listener.local_addr()?, "forecast API listening");
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, mutating_routes = if token_set { "bearer token" } else { "open" }, "forecast API listening");
+    if !token_set && !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "the API listens beyond loopback without --api-token: anyone who reaches it can retrain and roll back");
+    }
     let app = api::router(shared.clone());
     let stop = svc.shutdown.clone();
     tokio::spawn(async move {
@@ -234,6 +261,7 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         health: svc.health.clone(),
         handle: tokio::runtime::Handle::current(),
         gauge_series_max: a.gauge_series_max,
+        idle_timeout: std::time::Duration::from_millis(a.idle_timeout_ms),
     };
     match registry.load_champion().await? {
         Some((m, meta)) => {
@@ -305,7 +333,7 @@ async fn train(a: TrainArgs) -> anyhow::Result<()> {
                 )
             })
             .collect();
-        let _ = engine.close_period(history.index_of(i), &obs);
+        engine.close_period(history.index_of(i), &obs);
     }
     if let Some((m, meta)) = registry.load_champion().await? {
         engine.install(cartstream_model_service::monitor::Champion {
@@ -417,7 +445,7 @@ async fn history_from_topic(
     let records = tokio::task::spawn_blocking({
         let topic = topic.clone();
         move || {
-            cartstream_kafka::read::read_to_end(
+            cartstream_kafka::read::read_all_to_end(
                 &config,
                 &topic,
                 std::time::Duration::from_secs(300),
@@ -437,8 +465,25 @@ async fn history_from_topic(
     }
     // Every record is at hand: periods close only at the end.
     agg.expect_partitions(&partitions.iter().copied().collect::<Vec<_>>());
+    let mut marks = cartstream_kafka::control::EndMarks::default();
     for m in &records {
         use rdkafka::Message;
+        // End-of-input marks close what they allow, as in the running service.
+        match cartstream_kafka::control::control_of(m) {
+            Ok(Some(mark)) => {
+                if mark.is_end_of_input() {
+                    if let Some(end) = marks.observe(&topic, m.partition(), &mark) {
+                        agg.end_of_input(m.partition(), end);
+                    }
+                }
+                continue;
+            }
+            Ok(None) => {}
+            Err(_) => {
+                bad += 1;
+                continue;
+            }
+        }
         match m.payload() {
             Some(b) => match decoder.decode(b).await {
                 Ok(w) => {

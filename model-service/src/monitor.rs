@@ -142,9 +142,12 @@ pub struct Engine {
     live: VecDeque<Vec<LivePoint>>,
     live_features: VecDeque<Vec<Vec<f64>>>,
     last_attempt: Option<i64>,
-    champion_since: i64,
     /// Last scheduled attempt: a rejected scheduled challenger waits a whole period again.
-    schedule_from: i64,
+    schedule_from: Option<i64>,
+    /// Every partition declared its end of input.
+    input_ended: bool,
+    /// The history's next index at the last end-of-input training.
+    end_trained_at: Option<i64>,
     forecasts: Option<Arc<ForecastSet>>,
     stats: LiveStats,
 }
@@ -161,8 +164,9 @@ impl Engine {
             live: VecDeque::new(),
             live_features: VecDeque::new(),
             last_attempt: None,
-            champion_since: 0,
-            schedule_from: 0,
+            schedule_from: None,
+            input_ended: false,
+            end_trained_at: None,
             forecasts: None,
             stats: LiveStats::default(),
         }
@@ -202,14 +206,14 @@ impl Engine {
         // Live features describe the input, not the model: they stay.
         self.live.clear();
         self.stats = LiveStats::default();
-        self.champion_since = self.history.next_index();
         self.refresh_forecasts();
     }
 
-    /// Takes the figures of closed period `idx`; returns the retrain trigger, if any.
-    pub fn close_period(&mut self, idx: i64, obs: &HashMap<String, Obs>) -> Option<&'static str> {
+    /// Takes the figures of closed period `idx`. Whether to retrain is asked separately
+    /// ([`Engine::due`]), once the caller knows whether it is caught up on its input.
+    pub fn close_period(&mut self, idx: i64, obs: &HashMap<String, Obs>) {
         if self.history.len > 0 && idx < self.history.next_index() {
-            return None;
+            return;
         }
         // 1. score the pending one-step forecasts (only when they were for this very period)
         let scored = self.history.len > 0 && idx == self.history.next_index();
@@ -255,8 +259,50 @@ impl Engine {
         self.compute_stats();
         // 3. forecasts
         self.refresh_forecasts();
-        // 4. trigger
-        self.trigger()
+    }
+
+    /// Every partition of the input declared its end: the next [`Engine::due`] asks for one
+    /// training on everything (`end_of_input`).
+    pub fn set_input_ended(&mut self, ended: bool) {
+        self.input_ended = ended;
+    }
+
+    /// The retrain due now ([`crate::schedule::due`] on the newest history): `caught_up` says
+    /// whether nothing is left unread on the input.
+    pub fn due(&self, caught_up: bool) -> Option<&'static str> {
+        crate::schedule::due(&self.schedule_state(caught_up), &self.policy())
+    }
+
+    fn policy(&self) -> crate::schedule::Policy {
+        crate::schedule::Policy {
+            cooldown_periods: self.cfg.cooldown_periods as i64,
+            retrain_every_periods: self.cfg.retrain_every_periods as i64,
+            error_threshold: self.cfg.error_threshold,
+            psi_threshold: self.cfg.psi_threshold,
+        }
+    }
+
+    /// What the schedule looks at.
+    pub fn schedule_state(&self, caught_up: bool) -> crate::schedule::State {
+        let period_ms = self.history.period_ms.max(1);
+        crate::schedule::State {
+            now: self.history.next_index(),
+            history_len: self.history.len,
+            min_history: self.train.min_history(),
+            caught_up,
+            input_ended: self.input_ended,
+            end_trained_at: self.end_trained_at,
+            last_attempt: self.last_attempt,
+            champion_trained_to: self
+                .champion
+                .as_ref()
+                .map(|c| c.meta.training_to_ms.div_euclid(period_ms)),
+            schedule_from: self.schedule_from,
+            live_full: self.live.len() >= self.cfg.live_window_periods,
+            max_smape: self.stats.max_smape(),
+            psi_full: self.live_features.len() >= self.cfg.psi_window_periods,
+            max_psi: self.stats.max_psi(),
+        }
     }
 
     fn compute_stats(&mut self) {
@@ -350,47 +396,15 @@ impl Engine {
         }));
     }
 
-    fn trigger(&self) -> Option<&'static str> {
-        let now = self.history.next_index();
-        if self
-            .last_attempt
-            .is_some_and(|a| now - a < self.cfg.cooldown_periods as i64)
-        {
-            return None;
-        }
-        if self.champion.is_none() {
-            return (self.history.len >= self.train.min_history()).then_some("initial");
-        }
-        let full = self.live.len() >= self.cfg.live_window_periods;
-        if full
-            && self
-                .stats
-                .max_smape()
-                .is_some_and(|e| e > self.cfg.error_threshold)
-        {
-            return Some("error");
-        }
-        let psi_full = self.live_features.len() >= self.cfg.psi_window_periods;
-        if psi_full
-            && self
-                .stats
-                .max_psi()
-                .is_some_and(|p| p > self.cfg.psi_threshold)
-        {
-            return Some("drift");
-        }
-        let every = self.cfg.retrain_every_periods as i64;
-        if every > 0 && now - self.champion_since.max(self.schedule_from) >= every {
-            return Some("schedule");
-        }
-        None
-    }
-
     /// Trains a challenger on the history and decides whether it replaces the champion.
     pub fn retrain(&mut self, trigger: &str, now_ms: i64) -> Result<Candidate, TrainError> {
         self.last_attempt = Some(self.history.next_index());
-        if trigger == "schedule" {
-            self.schedule_from = self.history.next_index();
+        if trigger == crate::schedule::SCHEDULE {
+            self.schedule_from = Some(self.history.next_index());
+        }
+        let rebuild = trigger == crate::schedule::END_OF_INPUT;
+        if rebuild {
+            self.end_trained_at = Some(self.history.next_index());
         }
         let trained = model::train(&self.history, &self.train, trigger, now_ms)?;
         let mut meta = trained.meta;
@@ -402,17 +416,21 @@ impl Engine {
             )?),
             None => None,
         };
-        let d = decide(&meta.holdout, champ.as_ref(), &self.cfg);
+        // At the end of input the model trained on everything is the rebuild of the replay: it
+        // must beat the baselines, not the champion (trained on a prefix of the same history, at
+        // a point that depends on how fast the replay was read); the champion's figures on the
+        // same hold-out are still recorded.
+        let d = decide(
+            &meta.holdout,
+            champ.as_ref().filter(|_| !rebuild),
+            &self.cfg,
+        );
         let promote = d.promote;
         meta.decision = d.decision.into();
         meta.reasons = d.reasons;
         if let Some(c) = &self.champion {
             meta.champion_holdout = champ;
             meta.champion_version = Some(c.meta.version.clone());
-        }
-        if self.champion.is_none() && !promote {
-            // Try again after the cooldown, not at every period.
-            self.champion_since = self.history.next_index();
         }
         Ok(Candidate {
             model: trained.model,
@@ -528,7 +546,8 @@ mod tests {
         let mut promoted_after_shift = None;
         let mut recovered = None;
         for idx in start..shift_at + 24 * 7 {
-            if let Some(trigger) = e.close_period(idx, &synth.period(idx)) {
+            e.close_period(idx, &synth.period(idx));
+            if let Some(trigger) = e.due(true) {
                 let mut cand = e.retrain(trigger, 0).unwrap();
                 log.push((idx - shift_at, trigger, cand.meta.decision.clone()));
                 if cand.promote {
@@ -578,7 +597,8 @@ mod tests {
         let mut triggers = Vec::new();
         let start = 24 * 1000;
         for idx in start..start + 24 * 10 + 240 {
-            if let Some(t) = e.close_period(idx, &synth.period(idx)) {
+            e.close_period(idx, &synth.period(idx));
+            if let Some(t) = e.due(true) {
                 let mut c = e.retrain(t, 0).unwrap();
                 triggers.push(t);
                 if c.promote {
@@ -593,6 +613,105 @@ mod tests {
         let scheduled = triggers.iter().filter(|t| **t == "schedule").count();
         // 480 periods, the champion from about period 220 on: every 48 periods, never more often
         assert!((4..=6).contains(&scheduled), "{triggers:?}");
+    }
+
+    /// Feeds `periods` of synthetic history period by period, asking `due` with the given
+    /// catching-up pattern and declaring the end of input after the last period; returns the
+    /// attempts and the final champion's metadata.
+    fn replay(
+        periods: std::ops::Range<i64>,
+        caught_up: &dyn Fn(i64) -> bool,
+        cfg: &MonitorConfig,
+        train: &TrainConfig,
+    ) -> (Vec<(i64, &'static str, String)>, Metadata) {
+        let synth = Synth::new(4, 11);
+        let mut e = Engine::new(train.clone(), cfg.clone(), 3_600_000);
+        let mut log = Vec::new();
+        let mut version = 0;
+        let last = periods.end - 1;
+        let mut step = |e: &mut Engine, idx: i64, caught: bool| {
+            if let Some(t) = e.due(caught) {
+                let mut c = e.retrain(t, 0).unwrap();
+                log.push((idx, t, c.meta.decision.clone()));
+                if c.promote {
+                    version += 1;
+                    c.meta.version = format!("v{version}");
+                    e.install(Champion {
+                        model: Arc::new(c.model),
+                        meta: c.meta,
+                    });
+                }
+            }
+        };
+        for idx in periods {
+            e.close_period(idx, &synth.period(idx));
+            step(&mut e, idx, caught_up(idx));
+        }
+        e.set_input_ended(true);
+        step(&mut e, last, false);
+        step(&mut e, last, true); // caught up after the end: nothing more
+        let meta = e.champion().map(|c| c.meta.clone());
+        let meta = meta.unwrap_or_else(|| panic!("no champion: {log:?}"));
+        (log, meta)
+    }
+
+    /// The same history as a backlog (caught up only at the end), lived period by period
+    /// (caught up always), and trained offline in one go: the backlog evaluates one challenger,
+    /// every run ends with a champion trained to the last period, with the same hold-out figures.
+    #[test]
+    fn backlog_paced_and_offline_give_the_same_champion() {
+        let (train, mut cfg) = scenario_config();
+        cfg.retrain_every_periods = 168;
+        let start = 24 * 3000;
+        let periods = start..start + 24 * 7 * 10;
+        let (fast, fast_meta) = replay(periods.clone(), &|_| false, &cfg, &train);
+        let (paced, paced_meta) = replay(periods.clone(), &|_| true, &cfg, &train);
+        eprintln!("backlog: {fast:?}\npaced: {paced:?}");
+        assert_eq!(fast.len(), 1, "{fast:?}");
+        assert_eq!(fast[0].1, crate::schedule::END_OF_INPUT);
+        assert!(
+            paced.len() > 3,
+            "the paced run retrains on its schedule: {paced:?}"
+        );
+        assert_eq!(
+            paced.last().map(|a| a.1),
+            Some(crate::schedule::END_OF_INPUT)
+        );
+        let end_ms = periods.end * 3_600_000;
+        for m in [&fast_meta, &paced_meta] {
+            assert_eq!(m.training_to_ms, end_ms, "trained to the last period");
+            assert_eq!(m.trigger, crate::schedule::END_OF_INPUT);
+        }
+        // offline: the history in one go, then one training
+        let synth = Synth::new(4, 11);
+        let mut e = Engine::new(train.clone(), cfg.clone(), 3_600_000);
+        for idx in periods {
+            e.close_period(idx, &synth.period(idx));
+        }
+        let offline = e.retrain("offline", 0).unwrap().meta;
+        for m in [&fast_meta, &paced_meta] {
+            assert_eq!(m.holdout, offline.holdout);
+            assert_eq!(m.data_fingerprint, offline.data_fingerprint);
+            assert_eq!(m.training_from_ms, offline.training_from_ms);
+        }
+    }
+
+    /// A backlog without an end of input: nothing while catching up, then the first model on the
+    /// newest history once caught up.
+    #[test]
+    fn catching_up_trains_nothing_until_caught_up() {
+        let (train, cfg) = scenario_config();
+        let synth = Synth::new(3, 5);
+        let mut e = Engine::new(train, cfg, 3_600_000);
+        let start = 24 * 1000;
+        let end = start + 24 * 30;
+        for idx in start..end {
+            e.close_period(idx, &synth.period(idx));
+            assert_eq!(e.due(false), None, "catching up at {idx}");
+        }
+        assert_eq!(e.due(true), Some(crate::schedule::INITIAL));
+        let c = e.retrain(crate::schedule::INITIAL, 0).unwrap();
+        assert_eq!(c.meta.training_to_ms, end * 3_600_000);
     }
 
     fn eval_with(p: (f64, f64, f64), r: (f64, f64, f64)) -> Evaluation {

@@ -65,6 +65,35 @@ impl Accepted {
 struct PartitionProgress {
     max_start: Option<i64>,
     at_end: bool,
+    /// End of input declared for this partition: no event before this time will come
+    /// (`i64::MAX`: nothing at all).
+    end: Option<i64>,
+}
+
+impl PartitionProgress {
+    /// The lowest window start this partition may still deliver, when known: a partition
+    /// delivers its windows in order, and after an end-of-input mark at `T` only windows ending
+    /// after `T` can come.
+    fn bound(&self, window_size_ms: i64) -> Option<i64> {
+        let by_mark = self.end.map(|t| {
+            if t == i64::MAX {
+                i64::MAX
+            } else {
+                // the first window start s (a multiple of the size) with s + size > t
+                let s = t.saturating_sub(window_size_ms - 1);
+                s.div_euclid(window_size_ms) * window_size_ms
+                    + if s.rem_euclid(window_size_ms) > 0 {
+                        window_size_ms
+                    } else {
+                        0
+                    }
+            }
+        });
+        match (self.max_start, by_mark) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
+    }
 }
 
 /// Open periods being filled.
@@ -110,6 +139,10 @@ impl Aggregator {
         // Final windows of any dimension show how far this partition's event time got.
         let progress = self.partitions.entry(partition).or_default();
         progress.at_end = false;
+        if progress.end == Some(i64::MAX) {
+            // Data after "nothing more will come": a new bounded input was appended.
+            progress.end = None;
+        }
         progress.max_start = Some(
             progress
                 .max_start
@@ -164,28 +197,76 @@ impl Aggregator {
         }
     }
 
-    /// The partition has no more records for now: it no longer holds periods open.
+    /// The partition has no more records for now: it no longer holds periods open (while
+    /// another partition is being read, or until it has records again).
     pub fn partition_at_end(&mut self, partition: i32) {
         self.partitions.entry(partition).or_default().at_end = true;
     }
 
-    /// Start of the first period not known to be complete.
-    fn watermark(&self) -> Option<i64> {
-        let busy: Vec<Option<i64>> = self
+    /// The partition has unread records after all (its end moved since it was reached): it
+    /// holds periods open again until it delivers them.
+    pub fn partition_busy(&mut self, partition: i32) {
+        self.partitions.entry(partition).or_default().at_end = false;
+    }
+
+    /// Partitions currently counted as at their end.
+    pub fn partitions_at_end(&self) -> Vec<i32> {
+        let mut v: Vec<i32> = self
             .partitions
-            .values()
-            .filter(|p| !p.at_end)
-            .map(|p| p.max_start)
+            .iter()
+            .filter(|(_, p)| p.at_end)
+            .map(|(k, _)| *k)
             .collect();
-        if busy.iter().any(Option::is_none) {
-            return None;
+        v.sort_unstable();
+        v
+    }
+
+    /// An end-of-input mark for the partition: no window ending at or before `end` will come on
+    /// it any more (`i64::MAX`: nothing at all). Ends only move forward.
+    pub fn end_of_input(&mut self, partition: i32, end: i64) {
+        let p = self.partitions.entry(partition).or_default();
+        p.end = Some(p.end.map_or(end, |e| e.max(end)));
+    }
+
+    /// True when every partition declared its end of input.
+    pub fn input_ended(&self) -> bool {
+        !self.partitions.is_empty() && self.partitions.values().all(|p| p.end.is_some())
+    }
+
+    /// Start of the first period not known to be complete.
+    ///
+    /// Partitions still being read (or declared ended) bound it by the lowest window they may
+    /// still deliver; partitions at their end do not hold it, except that without any partition
+    /// being read the newest window seen at an end stays open (it may still be incomplete). A
+    /// partition not heard from yet holds everything.
+    fn watermark(&self) -> Option<i64> {
+        let mut bounds = Vec::new();
+        let mut busy = false;
+        let mut newest_at_end: Option<i64> = None;
+        for p in self.partitions.values() {
+            if p.at_end && p.end.is_none() {
+                newest_at_end = newest_at_end.max(p.max_start);
+                continue;
+            }
+            match p.bound(self.window_size_ms) {
+                Some(b) => bounds.push(b),
+                None => return None,
+            }
+            busy |= p.end.is_none();
         }
-        let busy: Vec<i64> = busy.into_iter().flatten().collect();
-        if busy.is_empty() {
-            // Every partition is at its end: the newest window seen may still be incomplete.
-            self.partitions.values().filter_map(|p| p.max_start).max()
-        } else {
-            busy.into_iter().min()
+        let lowest = bounds.into_iter().min();
+        match (lowest, newest_at_end) {
+            (Some(l), _) if busy => Some(l),
+            (Some(l), Some(n)) => Some(l.min(n)),
+            (l, n) => l.or(n),
+        }
+    }
+
+    /// True when [`Aggregator::drain_closed`] would close a period now.
+    pub fn would_close(&self) -> bool {
+        match (self.watermark(), self.open.first_key_value()) {
+            (Some(wm), Some((&idx, _))) => idx < wm.div_euclid(self.period_ms),
+            _ => false,
         }
     }
 
@@ -213,6 +294,14 @@ impl Aggregator {
                 .collect();
             out.push((idx, summed));
         }
+        // After "nothing more will come" only what was closed counts as closed: a bounded input
+        // appended later starts after it.
+        let limit = if wm == i64::MAX {
+            out.last()
+                .map_or(self.closed_below.unwrap_or(i64::MIN), |(i, _)| i + 1)
+        } else {
+            limit
+        };
         if self.closed_below.is_none_or(|c| c < limit) {
             self.closed_below = Some(limit);
         }
@@ -447,6 +536,65 @@ mod tests {
             1,
             "period 0 closes once both busy partitions passed it"
         );
+    }
+
+    #[test]
+    fn an_end_reached_before_records_of_another_partition_is_checked_again() {
+        // Partition 0 reached its end; partition 1 then delivers a later period. Partition 0's
+        // end is found to have moved (records committed since): it holds period 0 again.
+        let mut a = Aggregator::new(60_000, 60_000, false).unwrap();
+        a.expect_partitions(&[0, 1]);
+        a.accept(0, &window(Dimension::Category, "a", 0, 60_000, 1));
+        a.accept(1, &window(Dimension::Category, "b", 0, 60_000, 1));
+        a.partition_at_end(0);
+        a.accept(1, &window(Dimension::Category, "b", 60_000, 60_000, 1));
+        assert!(a.would_close());
+        assert_eq!(a.partitions_at_end(), vec![0]);
+        a.partition_busy(0);
+        assert!(!a.would_close(), "partition 0 is at period 0 again");
+        assert!(a.drain_closed().is_empty());
+        // its record of period 0 is not late
+        assert_eq!(
+            a.accept(0, &window(Dimension::Category, "a", 0, 60_000, 2)),
+            Accepted::Used
+        );
+    }
+
+    #[test]
+    fn end_of_input_closes_what_the_mark_allows() {
+        let mut a = Aggregator::new(3_600_000, 60_000, false).unwrap();
+        a.expect_partitions(&[0, 1, 2]);
+        for m in 0..150 {
+            a.accept(0, &window(Dimension::Category, "a", m * 60_000, 60_000, 1));
+        }
+        a.accept(1, &window(Dimension::Category, "b", 60_000, 60_000, 1));
+        // partition 2 never delivers: only its mark lets anything close
+        assert!(a.drain_closed().is_empty());
+        a.end_of_input(2, i64::MAX);
+        assert!(!a.input_ended());
+        // partition 1 declares its end at 2 h: period 0 and 1 can close, not period 2 (partition
+        // 0 is still being read at minute 149)
+        a.end_of_input(1, 2 * 3_600_000);
+        let closed: Vec<i64> = a.drain_closed().iter().map(|c| c.0).collect();
+        assert_eq!(closed, vec![0, 1]);
+        a.end_of_input(0, i64::MAX);
+        a.end_of_input(1, i64::MAX);
+        assert!(a.input_ended());
+        let closed = a.drain_closed();
+        assert_eq!(closed.iter().map(|c| c.0).collect::<Vec<_>>(), vec![2]);
+        assert_eq!(
+            closed[0].1["category/a"].purchases, 30.0,
+            "the newest period too"
+        );
+        // a new input appended after the end: later periods are taken
+        assert_eq!(
+            a.accept(
+                0,
+                &window(Dimension::Category, "a", 3 * 3_600_000, 60_000, 1)
+            ),
+            Accepted::Used
+        );
+        assert!(!a.input_ended());
     }
 
     proptest::proptest! {

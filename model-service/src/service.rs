@@ -4,14 +4,19 @@
 //! the metrics, and answers the HTTP API.
 //!
 //! Threads: the engine runs on one blocking thread (a `BaseConsumer` poll loop; training is CPU
-//! work and runs inline, so decisions follow event time deterministically); the API, the CQL
+//! work and runs inline); the API, the CQL
 //! writer and the metrics endpoint run on the tokio runtime. They share the newest forecasts and
 //! champion through [`Shared`]; the API sends rollback and retrain commands to the engine thread.
+//!
+//! Event time: automatic retrains are asked of [`crate::schedule::due`] on the newest history,
+//! and only once the service is caught up (every partition at its end offset, nothing read for
+//! the idle timeout) or every partition declared its end of input; while it reads a backlog it
+//! closes periods and keeps its live figures, but trains nothing.
 
 use std::collections::HashSet;
 use std::sync::mpsc;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use cartstream_events::types::KpiWindow;
@@ -85,7 +90,7 @@ pub struct ModelArgs {
     /// ... and this fraction lower than the moving average's, on every target.
     #[arg(long, env = "MODEL_MOVING_AVERAGE_MARGIN", default_value_t = 0.0)]
     pub moving_average_margin: f64,
-    /// Periods between two retrain attempts at least.
+    /// Periods (event time) between two automatic retrain attempts at least.
     #[arg(long, env = "MODEL_COOLDOWN_PERIODS", default_value_t = 6)]
     pub cooldown_periods: usize,
     /// Periods of live accuracy.
@@ -94,7 +99,8 @@ pub struct ModelArgs {
     /// Periods of live features for drift.
     #[arg(long, env = "MODEL_PSI_WINDOW_PERIODS", default_value_t = 168)]
     pub psi_window_periods: usize,
-    /// Retrain every this many periods after a promotion (0: only on error or drift).
+    /// Retrain when the champion's training data ends this many periods (event time) before the
+    /// newest closed period, at most once per this many periods (0: only on error or drift).
     #[arg(long, env = "MODEL_RETRAIN_EVERY_PERIODS", default_value_t = 168)]
     pub retrain_every_periods: usize,
     /// Where models live: a directory, file:///dir or s3://bucket/prefix (AWS_* variables).
@@ -181,7 +187,11 @@ pub fn insert_forecast_cql(keyspace: &str) -> String {
 
 pub enum Command {
     Rollback(oneshot::Sender<Result<Metadata, String>>),
-    Retrain(oneshot::Sender<Result<Metadata, String>>),
+    /// A manual retrain; the permit is dropped once it is done (the API's one-at-a-time rule).
+    Retrain(
+        oneshot::Sender<Result<Metadata, String>>,
+        crate::api::RetrainPermit,
+    ),
 }
 
 /// What the API reads.
@@ -190,15 +200,26 @@ pub struct Shared {
     pub champion: RwLock<Option<Metadata>>,
     pub registry: ModelRegistry,
     pub commands: mpsc::Sender<Command>,
+    pub guard: Arc<crate::api::ApiGuard>,
 }
 
 impl Shared {
+    /// With an open API ([`crate::api::ApiGuard::open`]).
     pub fn new(registry: ModelRegistry, commands: mpsc::Sender<Command>) -> Self {
+        Self::with_guard(registry, commands, crate::api::ApiGuard::open())
+    }
+
+    pub fn with_guard(
+        registry: ModelRegistry,
+        commands: mpsc::Sender<Command>,
+        guard: crate::api::ApiGuard,
+    ) -> Self {
         Shared {
             forecasts: RwLock::new(None),
             champion: RwLock::new(None),
             registry,
             commands,
+            guard: Arc::new(guard),
         }
     }
 
@@ -244,6 +265,8 @@ pub struct EngineLoop {
     pub health: Health,
     pub handle: tokio::runtime::Handle,
     pub gauge_series_max: usize,
+    /// Caught up = no unread record on any partition, and none read, for this long.
+    pub idle_timeout: Duration,
 }
 
 impl EngineLoop {
@@ -372,8 +395,9 @@ impl EngineLoop {
                 Command::Rollback(reply) => {
                     let _ = reply.send(self.rollback());
                 }
-                Command::Retrain(reply) => {
+                Command::Retrain(reply, permit) => {
                     let _ = reply.send(self.retrain("manual"));
+                    drop(permit);
                 }
             }
         }
@@ -422,16 +446,43 @@ impl EngineLoop {
         }
     }
 
-    fn close_periods(&mut self) {
+    /// Closes every complete period. A partition counted at its end is checked first against
+    /// its end offset (the high watermark of the latest fetch): one that has records again
+    /// (committed after its end was reached, perhaps in the same transaction as records of
+    /// another partition read since) holds the periods open until they are read, so that an
+    /// end reached a moment ago never turns its own in-order windows into late ones.
+    fn close_periods(&mut self, consumer: &BaseConsumer) {
+        if !self.aggregator.would_close() {
+            return;
+        }
+        let at_end = self.aggregator.partitions_at_end();
+        if !at_end.is_empty() {
+            let unread = unread_records(consumer, &self.topic, &at_end);
+            let mut moved = false;
+            for (p, n) in unread {
+                if n != Some(0) {
+                    self.aggregator.partition_busy(p);
+                    moved = true;
+                }
+            }
+            if moved && !self.aggregator.would_close() {
+                return;
+            }
+        }
         for (idx, obs) in self.aggregator.drain_closed() {
-            let trigger = self.engine.close_period(idx, &obs);
+            self.engine.close_period(idx, &obs);
             tm::PERIODS.inc();
             tm::LAST_PERIOD.set(idx * self.aggregator.period_ms() / 1000);
             tm::SERIES.set(self.engine.history().series.len() as i64);
             tm::export_live(self.engine.stats());
-            if let Some(t) = trigger {
-                let _ = self.retrain(t);
-            }
+        }
+        self.publish();
+    }
+
+    /// Retrains if one is due ([`crate::schedule::due`]) on the newest history.
+    fn maybe_retrain(&mut self, caught_up: bool) {
+        if let Some(t) = self.engine.due(caught_up) {
+            let _ = self.retrain(t);
             self.publish();
         }
     }
@@ -464,44 +515,120 @@ impl EngineLoop {
         }
         consumer.assign(&tpl)?;
         self.aggregator.expect_partitions(&partitions);
-        tracing::info!(topic = %self.topic, partitions = partitions.len(), "replaying kpi windows from the beginning");
+        tracing::info!(topic = %self.topic, partitions = partitions.len(), idle_timeout_ms = self.idle_timeout.as_millis() as u64, "replaying kpi windows from the beginning");
         let mut at_end: HashSet<i32> = HashSet::new();
+        let mut marks = cartstream_kafka::control::EndMarks::default();
+        let mut last_record = Instant::now();
+        let mut was_caught_up = false;
+        let mut verified: Option<(bool, Instant)> = None;
         while !self.shutdown.is_triggered() {
             self.commands();
             match consumer.poll(Duration::from_millis(100)) {
                 None => {}
                 Some(Ok(m)) => {
                     let p = m.partition();
-                    if matches!(cartstream_kafka::control::control_of(&m), Ok(Some(_))) {
-                        // An end-of-input mark: no window in it.
-                        tm::INPUT_RECORDS.with_label_values(&["control"]).inc();
-                        continue;
+                    last_record = Instant::now();
+                    verified = None;
+                    at_end.remove(&p);
+                    match cartstream_kafka::control::control_of(&m) {
+                        Ok(Some(mark)) => {
+                            tm::INPUT_RECORDS.with_label_values(&["control"]).inc();
+                            if mark.is_end_of_input() {
+                                if let Some(end) = marks.observe(&self.topic, p, &mark) {
+                                    self.aggregator.end_of_input(p, end);
+                                    tracing::info!(partition = p, end = %cartstream_kafka::control::format_watermark(end), "end of input");
+                                }
+                            }
+                        }
+                        Ok(None) => self.on_record(p, m.payload()),
+                        Err(e) => {
+                            tm::INPUT_RECORDS.with_label_values(&["undecodable"]).inc();
+                            tracing::warn!(partition = p, error = %e, "bad control record skipped");
+                        }
                     }
-                    self.on_record(p, m.payload());
-                    self.close_periods();
+                    self.close_periods(&consumer);
                 }
                 Some(Err(KafkaError::PartitionEOF(p))) => {
                     self.aggregator.partition_at_end(p);
                     at_end.insert(p);
-                    if at_end.len() == partitions.len() && !self.health.is_ready() {
-                        tracing::info!(
-                            periods = self.engine.history().len,
-                            "caught up with kpi.windows"
-                        );
-                        tm::LAG_READY.set(1.0);
-                        self.health.set_ready(true);
-                    }
-                    self.close_periods();
+                    self.close_periods(&consumer);
                 }
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "kafka error while reading kpi.windows");
                     std::thread::sleep(Duration::from_millis(200));
                 }
             }
+            let ended = self.aggregator.input_ended();
+            self.engine.set_input_ended(ended);
+            // Caught up: every partition at its end (checked against its end offset) and no
+            // record for the idle timeout. Not "no record for a while": a backlog is never idle.
+            // Checked against the broker once per quiet spell (again after a failed check
+            // only every idle timeout): a record arriving starts a new spell.
+            let quiet =
+                at_end.len() == partitions.len() && last_record.elapsed() >= self.idle_timeout;
+            if !quiet {
+                verified = None;
+            } else if verified
+                .is_none_or(|(ok, at): (bool, Instant)| !ok && at.elapsed() >= self.idle_timeout)
+            {
+                let ok = unread_records(&consumer, &self.topic, &partitions)
+                    .iter()
+                    .all(|(_, n)| *n == Some(0));
+                verified = Some((ok, Instant::now()));
+            }
+            let caught_up = quiet && verified.is_some_and(|(ok, _)| ok);
+            if caught_up && !was_caught_up {
+                tracing::info!(
+                    periods = self.engine.history().len,
+                    "caught up with kpi.windows"
+                );
+            }
+            if caught_up && !self.health.is_ready() {
+                tm::LAG_READY.set(1.0);
+                self.health.set_ready(true);
+            }
+            was_caught_up = caught_up;
+            if caught_up || ended {
+                self.maybe_retrain(caught_up);
+            }
         }
         self.health.set_ready(false);
         Ok(())
     }
+}
+
+/// Records of `partitions` not yet handed to the application: the partition's high watermark,
+/// asked of the broker now (so nothing committed before this call is missed), against the
+/// application's position. `None` when either is unknown. A transaction still open on a
+/// partition counts as unread (its records sit below the high watermark), which only delays a
+/// close.
+pub fn unread_records(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partitions: &[i32],
+) -> Vec<(i32, Option<i64>)> {
+    let positions = consumer.position().ok();
+    partitions
+        .iter()
+        .map(|&p| {
+            let hi = consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(5))
+                .ok();
+            let pos = positions
+                .as_ref()
+                .and_then(|t| t.find_partition(topic, p))
+                .map(|e| e.offset());
+            let n = match (hi, pos) {
+                (Some((lo, hi)), Some(Offset::Offset(o))) if hi >= 0 => {
+                    Some((hi - o.max(lo.max(0))).max(0))
+                }
+                // nothing consumed on this assignment yet: only an empty partition is at its end
+                (Some((lo, hi)), _) if hi >= 0 && lo >= 0 => Some((hi - lo).max(0)),
+                _ => None,
+            };
+            (p, n)
+        })
+        .collect()
 }
 
 /// Writes each new forecast set to `forecasts_by_category` (category series only); a set that
