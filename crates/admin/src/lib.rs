@@ -1,8 +1,10 @@
 //! Operations on a cartstream deployment: bootstrap (topics + schemas), inspect (read a topic
 //! back and summarise it), and schema compatibility checks. The binary `cartstream-admin` is a
 //! thin CLI over these functions, which integration tests call directly. [`end_input`] declares
-//! the end of input of any topic (the control record of `cartstream_kafka::control`).
+//! the end of input of any topic (the control record of `cartstream_kafka::control`);
+//! [`lake_query`] runs the lake's SQL queries (`sql/`) with DuckDB.
 
+pub mod lake_query;
 pub mod offsets;
 
 use std::collections::BTreeMap;

@@ -74,6 +74,28 @@ enum Command {
         #[arg(long, default_value = "max", value_parser = parse_watermark)]
         watermark: i64,
     },
+    /// Run one of the lake's SQL queries (sql/NAME.sql) with DuckDB over the Parquet lake and
+    /// print the result. The queries read the star schema's views: fact_events, fact_sessions,
+    /// fact_kpi_windows, fact_alerts, dim_product, dim_user (daily snapshots); the views apply
+    /// the lake's reader rule. DuckDB comes from PyPI, installed on first use into
+    /// .stack/sql-venv by sql/setup.sh. `--list` names the queries.
+    LakeQuery {
+        /// Query name (sql/NAME.sql), e.g. funnel_by_day_category.
+        #[arg(required_unless_present = "list")]
+        name: Option<String>,
+        /// The lake directory (or file:// URL) the lake sink writes.
+        #[arg(long, env = "LAKE_DIR", default_value = ".stack/lake")]
+        lake: String,
+        /// Output: an aligned table, CSV, or JSON ({"columns": [...], "rows": [[...]]}).
+        #[arg(long, value_enum, default_value_t = cartstream_admin::lake_query::Format::Table)]
+        format: cartstream_admin::lake_query::Format,
+        /// The folder of the queries and of their runner [default: the repository's sql/].
+        #[arg(long, env = "CARTSTREAM_SQL_DIR")]
+        sql_dir: Option<std::path::PathBuf>,
+        /// List the queries with what each computes.
+        #[arg(long)]
+        list: bool,
+    },
     /// Move a stopped consumer group's offsets (replay from the start or from a time). Prints the
     /// plan; writes it only with --execute. Refuses while the group has active members.
     ResetOffsets {
@@ -249,6 +271,26 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("  {full}/{p} at offset {offset}");
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::LakeQuery {
+            name,
+            lake,
+            format,
+            sql_dir,
+            list,
+        } => {
+            let q = cartstream_admin::lake_query::LakeQuery {
+                sql_dir: sql_dir.unwrap_or_else(cartstream_admin::lake_query::default_sql_dir),
+                lake,
+                prefix: cli.names.topic_prefix.clone(),
+                format,
+            };
+            let status = if list {
+                q.list()?
+            } else {
+                q.run(name.as_deref().unwrap_or_default())?
+            };
+            Ok(ExitCode::from(status))
         }
         Command::Topics => {
             for t in Topic::ALL {
