@@ -8,8 +8,8 @@ SELECT
     END AS attribute,
     coalesce(user_device, user_country, user_segment) AS value,
     count(*) AS sessions,
-    count(*) FILTER (WHERE converted) AS converted,
-    round(converted / sessions, 4) AS conversion_rate,
+    count(*) FILTER (WHERE converted) AS converted_sessions,
+    round(converted_sessions / sessions, 4) AS conversion_rate,
     round(sum(revenue), 2) AS revenue,
     round(avg(duration_ms) / 1000, 3) AS avg_duration_s
 FROM fact_sessions

@@ -81,24 +81,26 @@ def dim_files(root):
     return sorted(kept)
 
 
+def sql_list(files):
+    return "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in files) + "]"
+
+
 def define_views(con, lake, prefix):
     defined = {}
     for view, topic in FACTS.items():
         files = fact_files(os.path.join(lake, f"topic={prefix}{topic}"))
         if files:
             con.execute(
-                f"CREATE VIEW {view} AS SELECT * EXCLUDE (topic) FROM read_parquet(?, "
-                "hive_partitioning = true, union_by_name = true)",
-                [files],
+                f"CREATE VIEW {view} AS SELECT * EXCLUDE (topic) FROM read_parquet({sql_list(files)}, "
+                "hive_partitioning = true, union_by_name = true)"
             )
         defined[view] = len(files)
     for view, topic in DIMS.items():
         files = dim_files(os.path.join(lake, f"snapshot={prefix}{topic}"))
         if files:
             con.execute(
-                f"CREATE VIEW {view} AS SELECT * EXCLUDE (snapshot) FROM read_parquet(?, "
-                "hive_partitioning = true, union_by_name = true)",
-                [files],
+                f"CREATE VIEW {view} AS SELECT * EXCLUDE (snapshot) FROM read_parquet({sql_list(files)}, "
+                "hive_partitioning = true, union_by_name = true)"
             )
         defined[view] = len(files)
     return defined
