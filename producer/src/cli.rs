@@ -143,6 +143,10 @@ pub struct SimulateArgs {
     /// event time is the wall clock.
     #[arg(long, env = "PRODUCER_START_TIME")]
     pub start_time: Option<String>,
+    /// With --start-time: stop before the first event at or after this event time, an offset
+    /// from the start (+365d, +36h) or a time; a bounded run like --count.
+    #[arg(long, env = "PRODUCER_END_TIME")]
+    pub end_time: Option<String>,
     /// Simulated seconds per wall-clock second with --start-time (3600: an hour a second). With
     /// --rate 0 the simulated world still has --rate 1000's density.
     #[arg(long, env = "PRODUCER_SPEED", default_value_t = 1.0)]
@@ -214,7 +218,7 @@ pub struct SimulateArgs {
     /// Write the ground truth (exact KPIs of what was sent, JSON) to this file at the end.
     #[arg(long, env = "PRODUCER_GROUND_TRUTH")]
     pub ground_truth: Option<PathBuf>,
-    /// With --count or --duration-secs: at the end, once every record is acknowledged, write an
+    /// With --count, --duration-secs or --end-time: at the end, once every record is acknowledged, write an
     /// end-of-input mark to every partition of the raw topic (max: nothing more will come; last:
     /// nothing before the last event time sent). Default none: the input is live.
     #[arg(long, env = "PRODUCER_END_OF_INPUT", value_enum, default_value_t = EndMark::None)]

@@ -364,6 +364,24 @@ pub fn sim_config(
     })
 }
 
+/// `--end-time`: the event time a simulated run stops at (`+365d` from the start, or a time).
+pub fn end_time_ms(args: &SimulateArgs, start_ms: i64, now_ms: i64) -> anyhow::Result<Option<i64>> {
+    let Some(at) = &args.end_time else {
+        return Ok(None);
+    };
+    if args.start_time.is_none() {
+        anyhow::bail!("--end-time is an event time of the simulated clock: give --start-time");
+    }
+    let end = match at.strip_prefix('+') {
+        Some(rel) => start_ms + parse_duration_ms(rel).map_err(anyhow::Error::msg)?,
+        None => parse_instant(at, now_ms).map_err(anyhow::Error::msg)?,
+    };
+    if end <= start_ms {
+        anyhow::bail!("--end-time must come after --start-time");
+    }
+    Ok(Some(end))
+}
+
 /// The retail profile's settings from the flags; `None` for the default profile, whose shop
 /// takes none of them.
 pub fn retail_config(args: &SimulateArgs) -> anyhow::Result<Option<RetailConfig>> {
@@ -451,8 +469,15 @@ pub async fn simulate(
     let catalog = load_catalog(&args.catalog, args.seed, now)?;
     let config = sim_config(&args, &catalog, now, producer_id)?;
     let faults = fault_config(&args)?;
-    if args.end_of_input != EndMark::None && args.count.is_none() && args.duration_secs.is_none() {
-        anyhow::bail!("--end-of-input needs a bounded run: give --count or --duration-secs");
+    let end_ms = end_time_ms(&args, config.start_ms, now)?;
+    if args.end_of_input != EndMark::None
+        && args.count.is_none()
+        && args.duration_secs.is_none()
+        && end_ms.is_none()
+    {
+        anyhow::bail!(
+            "--end-of-input needs a bounded run: give --count, --duration-secs or --end-time"
+        );
     }
     let (enc, out) = connect(&args.common, &metrics).await?;
     let names = args.common.names.clone();
@@ -473,7 +498,9 @@ pub async fn simulate(
     let sim = Simulator::new(catalog, config.clone())?;
     on_ready();
     tokio::task::spawn_blocking(move || {
-        simulate_loop(&args, sim, config, faults, &enc, &out, &metrics, &shutdown)
+        simulate_loop(
+            &args, sim, config, end_ms, faults, &enc, &out, &metrics, &shutdown,
+        )
     })
     .await?
 }
@@ -526,6 +553,7 @@ fn simulate_loop(
     args: &SimulateArgs,
     mut sim: Simulator,
     config: SimConfig,
+    end_ms: Option<i64>,
     faults: FaultConfig,
     enc: &Encoders,
     out: &Output,
@@ -572,7 +600,14 @@ fn simulate_loop(
         {
             break;
         }
-        let time_ms = match sim.next(&mut ev) {
+        let step = sim.next(&mut ev);
+        let step_ms = match &step {
+            Step::PriceChange { time_ms, .. } | Step::Event { time_ms } => *time_ms,
+        };
+        if end_ms.is_some_and(|e| step_ms >= e) {
+            break;
+        }
+        let time_ms = match step {
             Step::PriceChange { product, .. } => {
                 buf.clear();
                 enc.products.encode_into(&product, &mut buf)?;
@@ -1163,6 +1198,63 @@ pub async fn load_catalog_cmd(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn simulate_args(flags: &[&str]) -> SimulateArgs {
+        use clap::Parser;
+        let mut argv = vec!["p", "simulate"];
+        argv.extend(flags);
+        match crate::cli::Cli::try_parse_from(argv).unwrap().command {
+            Some(crate::cli::Command::Simulate(a)) => *a,
+            _ => panic!("simulate"),
+        }
+    }
+
+    #[test]
+    fn end_time_and_retail_settings_are_checked() {
+        let day = 86_400_000;
+        let a = simulate_args(&["--start-time", "2026-01-01", "--end-time", "+365d"]);
+        assert_eq!(end_time_ms(&a, 0, 0).unwrap(), Some(365 * day));
+        let a = simulate_args(&["--start-time", "2026-01-02", "--end-time", "2026-01-01"]);
+        assert!(
+            end_time_ms(&a, 1_767_312_000_000, 0).is_err(),
+            "before the start"
+        );
+        assert!(end_time_ms(&simulate_args(&["--end-time", "+1d"]), 0, 0).is_err());
+        assert_eq!(end_time_ms(&simulate_args(&[]), 0, 0).unwrap(), None);
+
+        let catalog = Catalog::retail(1, 10, 10, 0);
+        let ok = |flags: &[&str]| sim_config(&simulate_args(flags), &catalog, 0, "p".into());
+        let c = ok(&["--profile", "retail", "--start-time", "2026-11-01"]).unwrap();
+        assert_eq!(c.currencies, vec!["GBP"], "the retail shop's currency");
+        assert!(c.retail.is_some());
+        let c = ok(&["--start-time", "2026-11-01"]).unwrap();
+        assert_eq!(
+            (c.currencies, c.retail.is_none()),
+            (vec!["USD".into()], true)
+        );
+        for bad in [
+            &["--profile", "retail"][..],
+            &["--start-time", "2026-11-01", "--closed-days", "sun"],
+            &[
+                "--profile",
+                "retail",
+                "--start-time",
+                "now",
+                "--guest-share",
+                "1.5",
+            ],
+            &[
+                "--profile",
+                "retail",
+                "--start-time",
+                "now",
+                "--open-hours",
+                "9",
+            ],
+        ] {
+            assert!(ok(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn the_end_mark_follows_the_flag() {
