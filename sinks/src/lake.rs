@@ -1,6 +1,16 @@
 //! The history lake: every record of the input topics, once, in Parquet files on an object
 //! store (a local directory by default, S3 or MinIO by URL).
 //!
+//! # The star schema
+//!
+//! By default the sink writes the facts `purchases.enriched`, `sessions.closed`, `kpi.windows`
+//! (final windows only: early updates, `is_final = false`, are skipped unless
+//! `--early-windows keep`) and `alerts.raised`, and keeps daily snapshots of the dimensions
+//! `catalog.products` and `catalog.users` under `snapshot=<topic>/date=YYYY-MM-DD/`
+//! ([`crate::snapshot`]). End-of-input control records are never written (their offsets still
+//! belong to the flushed ranges). The queries of `sql/` read this layout with DuckDB
+//! (`cartstream-admin lake-query`).
+//!
 //! # Layout
 //!
 //! `<lake>/topic=<topic>/date=YYYY-MM-DD/hour=HH/<partition>-<first>-<last>.parquet`, Hive-style,
@@ -34,6 +44,13 @@
 //! the larger one. So a crash between the merged upload and the deletes changes nothing a reader
 //! sees, and the next compaction deletes the leftovers. Plain readers that do not apply the rule
 //! see the truth whenever no compaction is half-done (the normal state).
+//!
+//! The sink runs compaction itself every `--compact-every-secs` (default 900 s, 0: never) over
+//! every input topic, for the partitions it owns at that moment, in a task beside the writing
+//! (it merges only the files it listed; a flush rewritten meanwhile is covered by the reader
+//! rule). Metrics: `cartstream_sink_compactions_total{outcome}`, `cartstream_sink_compaction_seconds`,
+//! `cartstream_sink_compacted_files_total{what=inputs|merged|covered_deleted}` and the files and
+//! bytes of kind `compaction`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
