@@ -639,6 +639,17 @@ pub async fn run(ctx: Context<'_>) -> anyhow::Result<()> {
         clock_ms: None,
         started: Instant::now(),
     };
+    if !sink.snapshots.is_empty() {
+        // Every date the lake's facts have rows of gets a snapshot, also those a previous run
+        // wrote facts of and stopped before their snapshot.
+        for t in &sink.inputs {
+            for (path, _) in sink.lake.list(&format!("topic={t}/")).await? {
+                if let Some(d) = snapshot::parse_day(&path) {
+                    sink.fact_days.insert(d);
+                }
+            }
+        }
+    }
     let mut compaction: Option<tokio::task::JoinHandle<()>> = None;
     let mut last_compaction = Instant::now();
     let mut owned = Owned::default();
@@ -736,6 +747,9 @@ pub async fn run(ctx: Context<'_>) -> anyhow::Result<()> {
         if let Err(e) = sink.flush(&k).await {
             tracing::warn!(error = %format!("{e:#}"), "flush on shutdown failed; the next run replays it");
         }
+    }
+    if let Err(e) = sink.snapshot_tick().await {
+        tracing::warn!(error = %format!("{e:#}"), "snapshots on shutdown failed; the next run writes them");
     }
     sink.consumer.unsubscribe();
     tracing::info!("lake sink stopped");

@@ -17,7 +17,8 @@
 //! enricher's tables; no snapshot is written before it has reached the ends of the topic seen
 //! at start. The sink then writes, on its 500 ms tick ([`Schedule`]):
 //!
-//! - the snapshot of every date its fact tables hold rows of, once, when the lake has none yet;
+//! - the snapshot of every date its fact tables hold rows of (in the lake at start, or written
+//!   since), once, when the lake has none yet;
 //! - the snapshot of the current date (the date of the latest event time written), again each
 //!   `--snapshot-every-secs` while the table changes, and once more when the current date moves
 //!   on (its final state).

@@ -3,7 +3,8 @@
 //! ground truth) -> `cartstream-cleaner` -> `cartstream-enricher` -> `cartstream-scylla-sink` and
 //! `cartstream-lake-sink`, each sink SIGKILLed twice mid-run. Then the events table and the lake
 //! (read by pyarrow) hold exactly the ground truth's events: the same count per event type and the
-//! same purchase revenue per currency, each event once.
+//! same purchase revenue per currency, each event once; the lake's SQL (`sql/`, DuckDB) finds
+//! the same counts and revenue, and a product and user snapshot with every key once per date.
 //!
 //! The producer and processor binaries come from the same target directory; when they are not
 //! built yet, the test builds them with cargo first.
@@ -17,6 +18,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use cartstream_admin::lake_query::{self, Format, LakeQuery};
 use cartstream_kafka::{Topic, TopicNames};
 use cartstream_sinks::cql::{self, CqlArgs};
 use cartstream_testkit as kit;
@@ -297,6 +299,47 @@ async fn both_sinks_hold_the_ground_truth_after_kills() {
     let lake_revenue: BTreeMap<String, i64> =
         serde_json::from_value(r["revenue_cents"].clone()).unwrap();
     assert_eq!(lake_revenue, want_revenue);
+    // The lake's SQL (DuckDB through lake-query's library call) over this pipeline-written lake:
+    // the funnel's events per type and the revenue per currency are the producer's ground truth;
+    // the product and user snapshots hold every key once on every date of the facts.
+    let q = LakeQuery {
+        sql_dir: lake_query::default_sql_dir(),
+        lake: lake.clone(),
+        prefix: prefix.clone(),
+        format: Format::Json,
+    };
+    let run = |name: &str| -> serde_json::Value {
+        serde_json::from_str(&q.output(name).unwrap()).unwrap()
+    };
+    let funnel = run("funnel_by_day_category");
+    let mut sql_types: BTreeMap<String, u64> = BTreeMap::new();
+    let mut days = std::collections::BTreeSet::new();
+    for row in funnel["rows"].as_array().unwrap() {
+        days.insert(row[0].as_str().unwrap().to_string());
+        for (i, t) in ["view", "cart", "remove_from_cart", "purchase"]
+            .iter()
+            .enumerate()
+        {
+            *sql_types.entry(t.to_string()).or_default() += row[2 + i].as_u64().unwrap();
+        }
+    }
+    sql_types.retain(|_, n| *n > 0);
+    assert_eq!(sql_types, want_types, "funnel_by_day_category");
+    let mut sql_revenue: BTreeMap<String, i64> = BTreeMap::new();
+    for row in run("revenue_by_category_hour")["rows"].as_array().unwrap() {
+        let cur = row[2].as_str().unwrap().trim().to_uppercase();
+        *sql_revenue.entry(cur).or_default() += (row[5].as_f64().unwrap() * 100.0).round() as i64;
+    }
+    assert_eq!(sql_revenue, want_revenue, "revenue_by_category_hour");
+    let snaps = run("dimension_snapshots");
+    let mut snap_days = std::collections::BTreeSet::new();
+    for row in snaps["rows"].as_array().unwrap() {
+        snap_days.insert(row[0].as_str().unwrap().to_string());
+        assert_eq!(row[2], row[3], "each key once: {row:?}");
+        let want = if row[1] == "product" { 300 } else { 500 };
+        assert_eq!(row[3].as_u64().unwrap(), want, "snapshot keys: {row:?}");
+    }
+    assert_eq!(snap_days, days, "a snapshot for every date of the facts");
     eprintln!(
         "pipeline: {} records sent, {expected} events ({} duplicates, {} rejected) in both sinks after 4 sink kills",
         truth["records_sent"], truth["duplicates"], truth["rejected_total"]
