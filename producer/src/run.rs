@@ -630,9 +630,22 @@ fn simulate_loop(
             } else {
                 (time_ms - config.start_ms) as f64 / 1000.0 / speed
             };
-            let wait = due - started.elapsed().as_secs_f64();
-            if wait > 0.001 {
-                std::thread::sleep(Duration::from_secs_f64(wait));
+            // In short naps: a simulated clock can wait long in wall time (a retail shop's
+            // closed weekend at --speed 1), and a signal or the duration must still stop it.
+            let mut stopped = false;
+            loop {
+                let wait = due - started.elapsed().as_secs_f64();
+                if wait <= 0.001 {
+                    break;
+                }
+                if shutdown.is_triggered() || deadline.is_some_and(|d| Instant::now() >= d) {
+                    stopped = true;
+                    break;
+                }
+                std::thread::sleep(Duration::from_secs_f64(wait.min(0.2)));
+            }
+            if stopped {
+                break;
             }
         }
         let event_ms = if live { wall_ms() } else { time_ms };

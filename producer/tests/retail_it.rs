@@ -215,3 +215,68 @@ async fn a_retail_run_sells_only_in_store_hours_with_guests_repeated_lines_and_e
     assert_eq!(truth["event_time_max"].as_i64(), Some(last));
     ns.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retail_week_bounded_by_end_time_ends_at_its_last_event() {
+    let ns = Namespace::new("pretailwk").await;
+    let out = ns.run(&[
+        "simulate",
+        "--profile",
+        "retail",
+        "--start-time",
+        "2026-11-05T00:00:00Z",
+        "--end-time",
+        "+7d",
+        "--speed",
+        "100000",
+        "--rate",
+        "0",
+        "--seed",
+        "9",
+        "--products",
+        "300",
+        "--users",
+        "500",
+        "--skip-dimensions",
+        "--end-of-input",
+        "last",
+    ]);
+    let text = stdout(&out);
+    assert!(text.contains("failed 0"), "{text}");
+    let end = parse_event_time("2026-11-12T00:00:00Z").unwrap();
+    let hours = StoreHours::online_retail();
+    let decoder = Decoder::<RawEvent>::new(ns.registry.clone());
+    let config = ns.kafka.consumer("it-producer-reader").unwrap();
+    let all = cartstream_kafka::read::read_all_to_end(
+        &config,
+        &ns.names.name(Topic::Raw),
+        std::time::Duration::from_secs(60),
+    )
+    .unwrap();
+    let (mut times, mut marks) = (Vec::new(), Vec::new());
+    for m in &all {
+        match control_of(m).unwrap() {
+            Some(mark) => marks.push(mark.watermark),
+            None => {
+                let ev = decoder.decode(m.payload().unwrap()).await.unwrap();
+                times.push(parse_event_time(&ev.event_time).unwrap());
+            }
+        }
+    }
+    let last = *times.iter().max().unwrap();
+    eprintln!(
+        "retail week to --end-time: {} events, last at {}, marks {marks:?}",
+        times.len(),
+        cartstream_producer::clock::format_rfc3339(last)
+    );
+    assert!(times.len() > 10_000, "{}", times.len());
+    assert!(times.iter().all(|t| *t < end && hours.is_open(*t)));
+    // The week's last open hour is Wednesday 19:00-20:00: the run went on to the end.
+    assert!(last >= end - 5 * 3_600_000, "stopped early at {last}");
+    assert_eq!(
+        marks,
+        vec![last; 3],
+        "--end-of-input last: the last event time"
+    );
+    ns.cleanup().await;
+}
