@@ -451,7 +451,7 @@ impl SourceMarks {
             .flatten()
     }
 
-    fn take_changes(&mut self, tag: u8, out: &mut Vec<Change>) {
+    pub(crate) fn take_changes(&mut self, tag: u8, out: &mut Vec<Change>) {
         for p in self.changed.drain() {
             let mut k = vec![tag];
             k.extend_from_slice(&p.to_be_bytes());
@@ -460,7 +460,7 @@ impl SourceMarks {
         }
     }
 
-    fn restore(&mut self, key: &[u8], value: &[u8]) -> Result<(), String> {
+    pub(crate) fn restore(&mut self, key: &[u8], value: &[u8]) -> Result<(), String> {
         let bad = || "bad source mark record".to_string();
         let p = i32::from_be_bytes(
             key.get(1..5)

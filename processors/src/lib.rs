@@ -7,6 +7,8 @@
 //!   user and minute, prices far from the catalog) and their changelog encoding.
 //! - [`enrich`]: the join of clean events with the product and user dimension tables.
 //! - [`kpi_metrics`]: business KPIs of final windows as bounded Prometheus metrics.
+//! - [`quality`]: data-quality gates per event-time window (unknown rate of each enriched field,
+//!   reject rate by reason, volume against its recent level) and their changelog encoding.
 //! - [`session`]: session windows per `user_session` (inactivity gap, watermark, grace, merges,
 //!   changelog encoding), the sessionizer's core.
 //! - [`window`]: event-time tumbling and hopping windows on panes, watermark and grace (the
@@ -23,6 +25,7 @@ pub mod dedup;
 pub mod detect;
 pub mod enrich;
 pub mod kpi_metrics;
+pub mod quality;
 pub mod session;
 pub mod win_stage;
 pub mod window;

@@ -1,4 +1,5 @@
-//! `cartstream-detector`: trend, suspicious-user and price-anomaly alerts, exactly once.
+//! `cartstream-detector`: trend, suspicious-user, price-anomaly and data-quality alerts, exactly
+//! once.
 //!
 //! Inputs and rules (`cartstream_processors::detect`):
 //! - `kpi.windows` (the windower's final windows, one record per dimension value, window and
@@ -40,6 +41,22 @@
 //! restart a partition waits for the next record of every merge partition (each sends one
 //! whenever it closes windows).
 //!
+//! - **Quality gates** (`cartstream_processors::quality`): every enriched event and every dead
+//!   letter of the cleaner (`purchases.dlq`, `stage = cleaner`) is counted into its event-time
+//!   window of `--gate-window` (a dead letter's time: the `event_time` of its payload when that
+//!   decodes and parses, else the highest time assigned so far on its dead-letter partition);
+//!   each batch's partial counts go to partition 0 of `<group>.by-user` (key `~quality`), behind
+//!   them the gate's own markers of every enriched and dead-letter partition (key
+//!   `~quality-marker`). There the window is final once the lowest mark is past its end +
+//!   `--gate-grace` and is judged once: unknown rate per field (`--gate-unknown`), reject rate per
+//!   reason (`--gate-reject-rate`), volume against its last `--gate-history` windows
+//!   (`--gate-volume-low`, `--gate-volume-high`); each breach is a `data_quality` alert, and the
+//!   first window passing every gate after a breach raises one of severity `info`
+//!   (`data_quality/gate/all/<start>`). An idle dead-letter partition (usually: there are few
+//!   rejects) adopts the lowest mark of this instance's enriched partitions (their end of input
+//!   included), so it never holds the gate back: its rejects were written by the cleaner before the
+//!   enriched events that follow them.
+//!
 //! Alerts go to `alerts.raised` (key: the subject id) with deterministic ids (type, subject,
 //! window), so a replay raises the same ids.
 //!
@@ -56,7 +73,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use cartstream_events::types::{Alert, AlertType, EnrichedEvent, EventType, KpiWindow};
+use cartstream_events::types::{
+    Alert, AlertType, DeadLetter, EnrichedEvent, EventType, KpiWindow, RawEvent,
+};
 use cartstream_events::{Decoder, Encoder, Registry};
 use cartstream_kafka::admin::{self, TopicSpec};
 use cartstream_kafka::control::EndMarks;
@@ -65,13 +84,21 @@ use cartstream_processors::detect::{
     decode_marker, encode_marker, price_anomaly, PriceCheck, PriceConfig, SubjectWindow,
     TrendConfig, TrendStage, UserBursts, UserConfig, MARKER_KEY,
 };
+use cartstream_processors::quality::{
+    decode_partial, encode_partial, Counts, GateConfig, Judged, QualityGate, FIELDS, PARTIAL_KEY,
+    QUALITY_MARKER_KEY,
+};
 use cartstream_processors::session::{idle_target, parse_duration_ms};
 use cartstream_stream::{
     EndOfInput, Input, Output, ProcessError, Processor, ProcessorArgs, Progress, StageMetrics,
 };
 use clap::Parser;
-use prometheus::{register_int_counter_vec, register_int_gauge_vec, IntCounterVec, IntGaugeVec};
+use prometheus::{
+    register_gauge_vec, register_int_counter_vec, register_int_gauge_vec, GaugeVec, IntCounterVec,
+    IntGaugeVec,
+};
 use rdkafka::Message;
+use std::collections::BTreeMap;
 
 const STAGE: &str = "detector";
 
@@ -79,7 +106,7 @@ const STAGE: &str = "detector";
 #[command(
     name = "cartstream-detector",
     version,
-    about = "Raise trend, suspicious-user and price-anomaly alerts, exactly once"
+    about = "Raise trend, suspicious-user, price-anomaly and data-quality alerts, exactly once"
 )]
 struct Cli {
     #[command(flatten)]
@@ -134,12 +161,57 @@ struct Cli {
     /// Currency of catalog prices; purchases in other currencies are not price-checked.
     #[arg(long, env = "CATALOG_CURRENCY", default_value = "USD")]
     catalog_currency: String,
+    /// Event-time window of the quality gates.
+    #[arg(long, env = "GATE_WINDOW", default_value = "1m", value_parser = parse_duration_ms)]
+    gate_window: i64,
+    /// How late an event or dead letter may reach its quality window.
+    #[arg(long, env = "GATE_GRACE", default_value = "2m", value_parser = parse_duration_ms)]
+    gate_grace: i64,
+    /// Largest normal unknown rate per enriched field, FIELD=RATE,... (fields: brand, category,
+    /// product, user, user_country, user_device, user_segment; a field not named is not gated).
+    #[arg(
+        long,
+        env = "GATE_UNKNOWN",
+        default_value = "brand=0.3,category=0.3,product=0.1,user=0.1",
+        value_parser = parse_gate_unknown
+    )]
+    gate_unknown: [f64; FIELDS.len()],
+    /// Largest normal share of a window's records the cleaner rejects for any one reason (0: off).
+    #[arg(long, env = "GATE_REJECT_RATE", default_value_t = 0.05)]
+    gate_reject_rate: f64,
+    /// A window's records below this fraction of the mean of its recent windows breach the
+    /// volume gate (0: off).
+    #[arg(long, env = "GATE_VOLUME_LOW", default_value_t = 0.2)]
+    gate_volume_low: f64,
+    /// A window's records above this multiple of the recent mean breach the volume gate (0: off).
+    #[arg(long, env = "GATE_VOLUME_HIGH", default_value_t = 0.0)]
+    gate_volume_high: f64,
+    /// Windows of history of the volume gate.
+    #[arg(long, env = "GATE_HISTORY", default_value_t = 30)]
+    gate_history: usize,
+    /// Windows of history before the volume gate judges.
+    #[arg(long, env = "GATE_MIN_HISTORY", default_value_t = 10)]
+    gate_min_history: usize,
+    /// Fewest records in a window (or in the recent mean, for the volume gate) for the gates to
+    /// judge it.
+    #[arg(long, env = "GATE_MIN_EVENTS", default_value_t = 50)]
+    gate_min_events: u64,
+}
+
+fn parse_gate_unknown(s: &str) -> Result<[f64; FIELDS.len()], String> {
+    GateConfig::parse_unknown(s)
 }
 
 struct Metrics {
     alerts: IntCounterVec,
     price_checks: IntCounterVec,
     baselines: IntGaugeVec,
+    quality_rate: GaugeVec,
+    quality_records: IntGaugeVec,
+    quality_baseline: prometheus::Gauge,
+    quality_window: prometheus::IntGauge,
+    quality_breaches: IntCounterVec,
+    quality_windows: prometheus::IntCounter,
 }
 
 impl Metrics {
@@ -159,6 +231,33 @@ impl Metrics {
                 "cartstream_detector_baselines",
                 "Products and categories with a trend baseline in memory",
                 &["stage"]
+            )?,
+            quality_rate: register_gauge_vec!(
+                "cartstream_quality_rate",
+                "Rates of the latest judged quality window: unknown share per enriched field (gate=field), share rejected by the cleaner per reason (gate=reject)",
+                &["gate", "subject"]
+            )?,
+            quality_records: register_int_gauge_vec!(
+                "cartstream_quality_window_records",
+                "Records of the latest judged quality window, by kind (events, rejects)",
+                &["kind"]
+            )?,
+            quality_baseline: prometheus::register_gauge!(
+                "cartstream_quality_volume_baseline",
+                "Mean records of the windows before the latest judged one (the volume gate's baseline)"
+            )?,
+            quality_window: prometheus::register_int_gauge!(
+                "cartstream_quality_window_start_seconds",
+                "Event-time start of the latest judged quality window"
+            )?,
+            quality_breaches: register_int_counter_vec!(
+                "cartstream_quality_breaches_total",
+                "Quality-gate breaches (each one a data_quality alert), by gate and subject",
+                &["gate", "subject"]
+            )?,
+            quality_windows: prometheus::register_int_counter!(
+                "cartstream_quality_windows_total",
+                "Quality windows judged"
             )?,
         })
     }
@@ -236,6 +335,8 @@ struct Pending {
     alerts: HashMap<&'static str, u64>,
     price: HashMap<&'static str, u64>,
     late: u64,
+    /// Quality windows judged in the batch, oldest first.
+    judged: Vec<Judged>,
 }
 
 struct Detector {
@@ -280,6 +381,19 @@ struct Detector {
     group: String,
     metrics: Metrics,
     pending: Pending,
+    dlq_topic: String,
+    dlq_partitions: i32,
+    letters_dec: Decoder<DeadLetter>,
+    raw_dec: Decoder<RawEvent>,
+    gate_cfg: GateConfig,
+    /// The gate (on the owner of by-user partition 0).
+    gate: Option<QualityGate>,
+    /// This batch's partial counts by window start.
+    partials: BTreeMap<i64, Counts>,
+    /// The gate's view of the owned enriched (index p) and dead-letter (index enriched + q)
+    /// partitions.
+    quality_sources: HashMap<i32, Source>,
+    idle_dlq: HashSet<i32>,
 }
 
 fn now_ms() -> i64 {
@@ -295,6 +409,112 @@ impl Detector {
             self.trend_lag,
             self.kpi_partitions.max(0) as usize,
         )
+    }
+
+    fn new_gate(&self) -> QualityGate {
+        QualityGate::new(
+            self.gate_cfg.clone(),
+            (self.enriched_partitions + self.dlq_partitions).max(0) as usize,
+        )
+    }
+
+    /// Counts one cleaner dead letter into its quality window (see the module doc for its time).
+    async fn count_reject(
+        &mut self,
+        input: &Input<'_>,
+        out: &mut Output,
+    ) -> Result<(), ProcessError> {
+        let payload = input.payload.unwrap_or_default();
+        let d = match self.letters_dec.decode(payload).await {
+            Ok(d) => d,
+            Err(e) if e.is_transient() => return Err(ProcessError::Transient(e.into())),
+            Err(e) => {
+                out.dead_letter(input, STAGE, e.code(), e.to_string(), e.schema_id());
+                return Ok(());
+            }
+        };
+        if d.stage != "cleaner" {
+            return Ok(());
+        }
+        let mut time = None;
+        if d.error_code != "future_event_time" && d.error_code != "invalid_event_time" {
+            if let Some(p) = d.payload.as_deref() {
+                match self.raw_dec.decode(p).await {
+                    Ok(raw) => {
+                        time = cartstream_processors::clean::parse_event_time(&raw.event_time)
+                    }
+                    Err(e) if e.is_transient() => return Err(ProcessError::Transient(e.into())),
+                    Err(_) => {}
+                }
+            }
+        }
+        let source = self
+            .quality_sources
+            .entry(self.enriched_partitions + input.partition)
+            .or_insert_with(Source::new);
+        let t = match time {
+            Some(t) => t,
+            None if source.watermark != i64::MIN && source.watermark != i64::MAX => {
+                source.watermark
+            }
+            None => d.source_timestamp.unwrap_or(d.failed_at),
+        };
+        source.saw(t);
+        self.partials
+            .entry(self.gate_cfg.window_of(t))
+            .or_default()
+            .add_reject(&d.error_code);
+        Ok(())
+    }
+
+    /// Sends this batch's partial counts, then the gate's markers, to by-user partition 0.
+    fn send_quality(&mut self, out: &mut Output) {
+        for (w, c) in std::mem::take(&mut self.partials) {
+            out.send_to(&self.by_user, 0, Some(PARTIAL_KEY), encode_partial(w, &c));
+        }
+        let n = self.enriched_partitions;
+        let enriched: Vec<(i64, bool)> = self
+            .quality_sources
+            .iter()
+            .filter(|(p, s)| **p < n && s.watermark != i64::MAX)
+            .map(|(p, s)| (s.watermark, self.idle_events.contains(p)))
+            .collect();
+        let enriched_target = idle_target(enriched);
+        // Idle dead-letter partitions follow the lowest enriched one (at its end included).
+        let lowest_enriched = self
+            .quality_sources
+            .iter()
+            .filter(|(p, _)| **p < n)
+            .map(|(_, s)| s.watermark)
+            .min()
+            .filter(|w| *w != i64::MIN);
+        let dlq_target = lowest_enriched.or_else(|| {
+            idle_target(
+                self.quality_sources
+                    .iter()
+                    .filter(|(p, _)| **p >= n)
+                    .map(|(p, s)| (s.watermark, self.idle_dlq.contains(&(*p - n)))),
+            )
+        });
+        for (p, s) in self.quality_sources.iter_mut() {
+            let (idle, target) = if *p < n {
+                (self.idle_events.contains(p), enriched_target)
+            } else {
+                (self.idle_dlq.contains(&(*p - n)), dlq_target)
+            };
+            if let (true, Some(t)) = (idle && s.watermark != i64::MAX, target) {
+                s.watermark = s.watermark.max(t);
+            }
+            if s.watermark > s.sent {
+                out.send_to(
+                    &self.by_user,
+                    0,
+                    Some(QUALITY_MARKER_KEY),
+                    encode_marker(*p, s.watermark),
+                );
+                s.sent = s.watermark;
+            }
+        }
     }
 
     fn new_user_bursts(&self) -> UserBursts {
@@ -328,10 +548,17 @@ impl Detector {
                 self.trends.insert(*p, self.new_trend_stage());
             } else if *t == self.by_user {
                 self.users.insert(*p, self.new_user_bursts());
+                if *p == 0 {
+                    self.gate = Some(self.new_gate());
+                }
             } else if *t == self.enriched_topic {
                 self.event_sources.insert(*p, Source::new());
+                self.quality_sources.insert(*p, Source::new());
             } else if *t == self.kpi_topic {
                 self.kpi_sources.insert(*p, Source::new());
+            } else if *t == self.dlq_topic {
+                self.quality_sources
+                    .insert(self.enriched_partitions + *p, Source::new());
             }
         }
         let mut config = self.kafka.consumer(&format!("{}-restore", self.group))?;
@@ -347,7 +574,14 @@ impl Detector {
             let Some(key) = m.key() else { continue };
             let value = m.payload().unwrap_or_default();
             let p = m.partition();
-            let res = if key.first() == Some(&b'u') || key == b"W" || key.first() == Some(&b'M') {
+            let res = if QualityGate::owns_key(key) {
+                match self.gate.as_mut() {
+                    Some(g) if p == 0 && wanted.contains(&(self.by_user.clone(), 0)) => {
+                        g.restore(key, value).map(|()| true)
+                    }
+                    _ => Ok(true),
+                }
+            } else if key.first() == Some(&b'u') || key == b"W" || key.first() == Some(&b'M') {
                 match self.users.get_mut(&p) {
                     Some(u) if wanted.contains(&(self.by_user.clone(), p)) => u.restore(key, value),
                     _ => Ok(true),
@@ -378,6 +612,11 @@ impl Detector {
             } else if *t == self.by_user {
                 if let Some(x) = self.users.get_mut(p) {
                     x.clear_changes();
+                }
+                if *p == 0 {
+                    if let Some(g) = self.gate.as_mut() {
+                        g.clear_changes();
+                    }
                 }
             }
         }
@@ -410,8 +649,15 @@ impl Processor for Detector {
                 self.trends.remove(p);
             } else if *t == self.by_user {
                 self.users.remove(p);
+                if *p == 0 {
+                    self.gate = None;
+                }
             } else if *t == self.enriched_topic {
                 self.event_sources.remove(p);
+                self.quality_sources.remove(p);
+            } else if *t == self.dlq_topic {
+                self.quality_sources
+                    .remove(&(self.enriched_partitions + *p));
             } else if *t == self.kpi_topic {
                 self.kpi_sources.remove(p);
                 self.kpi_marks.forget(t, *p);
@@ -433,6 +679,17 @@ impl Processor for Detector {
             self.idle_timeout,
             now,
         );
+        let n = self.enriched_partitions;
+        self.idle_dlq = progress.idle_partitions(
+            &self.dlq_topic,
+            self.quality_sources
+                .keys()
+                .filter(|p| **p >= n)
+                .map(|p| *p - n)
+                .collect::<Vec<_>>(),
+            self.idle_timeout,
+            now,
+        );
     }
 
     async fn on_end_of_input(
@@ -449,6 +706,11 @@ impl Processor for Detector {
                 .entry(input.partition)
                 .or_insert_with(Source::new);
             s.watermark = s.watermark.max(end.saturating_add(self.user_cfg.grace_ms));
+            let q = self
+                .quality_sources
+                .entry(input.partition)
+                .or_insert_with(Source::new);
+            q.watermark = q.watermark.max(end.saturating_add(self.gate_cfg.grace_ms));
             out.forward_end(&self.by_user, input, end);
         } else if input.topic == self.kpi_topic {
             // No window starting before `end` will come: judge every window waiting.
@@ -492,6 +754,40 @@ impl Processor for Detector {
     async fn process(&mut self, input: &Input<'_>, out: &mut Output) -> Result<(), ProcessError> {
         self.restore_if_rolled_back().await?;
         let payload = input.payload.unwrap_or_default();
+        if input.topic == self.dlq_topic {
+            return self.count_reject(input, out).await;
+        }
+        if input.topic == self.by_user
+            && (input.key == Some(PARTIAL_KEY) || input.key == Some(QUALITY_MARKER_KEY))
+        {
+            if self.gate.is_none() {
+                self.gate = Some(self.new_gate());
+            }
+            let Some(gate) = self.gate.as_mut() else {
+                return Ok(());
+            };
+            if input.key == Some(QUALITY_MARKER_KEY) {
+                if let Some((source, wm)) = decode_marker(payload) {
+                    gate.mark(source, wm);
+                }
+                return Ok(());
+            }
+            match decode_partial(payload) {
+                Ok((w, c)) => {
+                    if let Err(late) = gate.add(w, &c) {
+                        self.pending.late += 1;
+                        tracing::warn!(
+                            window = w,
+                            judged_up_to = late.judged_up_to,
+                            records = c.volume(),
+                            "quality partial after its window was judged: not counted"
+                        );
+                    }
+                }
+                Err(e) => out.dead_letter(input, STAGE, "malformed_record", e, None),
+            }
+            return Ok(());
+        }
         if input.topic == self.by_user {
             if !self.users.contains_key(&input.partition) {
                 let fresh = self.new_user_bursts();
@@ -611,6 +907,14 @@ impl Processor for Detector {
             .entry(input.partition)
             .or_insert_with(Source::new)
             .saw(e.event_time);
+        self.quality_sources
+            .entry(input.partition)
+            .or_insert_with(Source::new)
+            .saw(e.event_time);
+        self.partials
+            .entry(self.gate_cfg.window_of(e.event_time))
+            .or_default()
+            .add_event(&e);
         if e.event_type != EventType::Purchase {
             return Ok(());
         }
@@ -664,6 +968,14 @@ impl Processor for Detector {
             alerts.extend(t.judge(detected));
             changes.extend(t.take_changes().into_iter().map(|(k, v)| (*p, k, v)));
         }
+        self.send_quality(out);
+        if let Some(g) = self.gate.as_mut() {
+            for j in g.judge(detected) {
+                alerts.extend(j.alerts.iter().cloned());
+                self.pending.judged.push(j);
+            }
+            changes.extend(g.take_changes().into_iter().map(|(k, v)| (0, k, v)));
+        }
         for a in &alerts {
             self.alert(a, out)?;
         }
@@ -712,17 +1024,54 @@ impl Processor for Detector {
             .late_events
             .with_label_values(&[STAGE])
             .inc_by(p.late);
+        let m = &self.metrics;
+        for j in &p.judged {
+            m.quality_windows.inc();
+            for b in j.breaches() {
+                m.quality_breaches
+                    .with_label_values(&[&b.subject_kind, &b.subject_id])
+                    .inc();
+            }
+        }
+        if let Some(j) = p.judged.last() {
+            let c = &j.counts;
+            for (i, f) in FIELDS.iter().enumerate() {
+                m.quality_rate
+                    .with_label_values(&["field", f])
+                    .set(c.unknown_rate(i));
+            }
+            for r in cartstream_processors::clean::REJECTION_CODES {
+                m.quality_rate
+                    .with_label_values(&["reject", r])
+                    .set(c.reject_rate(r));
+            }
+            for r in c.rejects.keys() {
+                m.quality_rate
+                    .with_label_values(&["reject", r])
+                    .set(c.reject_rate(r));
+            }
+            m.quality_records
+                .with_label_values(&["events"])
+                .set(c.events as i64);
+            m.quality_records
+                .with_label_values(&["rejects"])
+                .set(c.rejected() as i64);
+            m.quality_baseline.set(j.baseline.unwrap_or(0.0));
+            m.quality_window.set(j.window_start / 1000);
+        }
     }
 
     fn rollback(&mut self) {
         self.pending = Pending::default();
         self.pending_ends.clear();
+        self.partials.clear();
         self.restore_all = true;
         // Markers of the aborted batch were not written: send them again.
         for s in self
             .event_sources
             .values_mut()
             .chain(self.kpi_sources.values_mut())
+            .chain(self.quality_sources.values_mut())
         {
             s.sent = i64::MIN;
         }
@@ -813,6 +1162,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let changelog = format!("{group}.changelog");
     let k = c.kafka.clone();
     tokio::task::spawn_blocking(move || k.check(Duration::from_secs(30))).await??;
+    anyhow::ensure!(
+        cli.gate_window > 0 && cli.gate_grace >= 0,
+        "--gate-window must be positive and --gate-grace not negative"
+    );
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&cli.gate_reject_rate)
+            && cli.gate_volume_low >= 0.0
+            && cli.gate_volume_high >= 0.0
+            && (cli.gate_volume_high == 0.0 || cli.gate_volume_high > 1.0),
+        "--gate-reject-rate must be within 0..1, --gate-volume-low not negative, --gate-volume-high 0 or above 1"
+    );
+    let dlq_topic = names.name(Topic::DeadLetters);
     let (kpi_partitions, enriched_partitions) = ensure_topics(
         &c.kafka,
         &kpi_topic,
@@ -873,11 +1234,40 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         group,
         metrics,
         pending: Pending::default(),
+        dlq_partitions: {
+            let client = admin::admin_client(&c.kafka.admin()?)?;
+            admin::partition_counts(&client, Duration::from_secs(30))?
+                .get(&dlq_topic)
+                .copied()
+                .with_context(|| {
+                    format!(
+                        "input topic {dlq_topic} does not exist: run cartstream-admin bootstrap"
+                    )
+                })?
+        },
+        dlq_topic: dlq_topic.clone(),
+        letters_dec: Decoder::new(registry.clone()),
+        raw_dec: Decoder::new(registry.clone()),
+        gate_cfg: GateConfig {
+            window_ms: cli.gate_window,
+            grace_ms: cli.gate_grace,
+            unknown_rate: cli.gate_unknown,
+            reject_rate: cli.gate_reject_rate,
+            volume_low: cli.gate_volume_low,
+            volume_high: cli.gate_volume_high,
+            history: cli.gate_history.max(1),
+            min_history: cli.gate_min_history,
+            min_events: cli.gate_min_events,
+        },
+        gate: None,
+        partials: BTreeMap::new(),
+        quality_sources: HashMap::new(),
+        idle_dlq: HashSet::new(),
     };
-    tracing::info!(trend = ?detector.trend_cfg, user = ?detector.user_cfg, price = ?detector.price_cfg, "detecting");
+    tracing::info!(trend = ?detector.trend_cfg, user = ?detector.user_cfg, price = ?detector.price_cfg, gates = ?detector.gate_cfg, "detecting");
     c.run(
         STAGE,
-        &[kpi_topic, enriched_topic, by_user, by_subject],
+        &[kpi_topic, enriched_topic, by_user, by_subject, dlq_topic],
         &registry,
         detector,
         &service,
