@@ -78,6 +78,7 @@ use rdkafka::message::{Message, OwnedMessage};
 
 use crate::avro_arrow;
 use crate::dlq::DeadLetters;
+use crate::gate::{self as qgate, Decision, GateMetrics, PauseMode, SharedGate};
 use crate::metrics::SinkMetrics;
 use crate::snapshot;
 use crate::source::{self, GroupArgs, Owned, Rebalance};
@@ -370,6 +371,15 @@ pub struct LakeSinkArgs {
     /// Rotate a partition's file this many seconds after its first record (the latency bound).
     #[arg(long, env = "MAX_FILE_AGE_SECS", default_value_t = 60)]
     pub max_file_age_secs: u64,
+    /// What a breached data-quality gate (a `data_quality` alert on alerts.raised, one of the
+    /// inputs) does: nothing (`off`), pause the sink until `POST /lake/resume` on
+    /// `--control-addr` (`resume`), or pause it until the gates' clear alert (`until-clear`).
+    /// Paused, the sink commits nothing and loses nothing (see `cartstream_sinks::gate`).
+    #[arg(long, env = "LAKE_QUALITY_PAUSE", value_enum, default_value_t = PauseMode::Off)]
+    pub quality_pause: PauseMode,
+    /// Address of the control endpoint (`GET /lake/gate`, `POST /lake/resume`), or `off`.
+    #[arg(long, env = "LAKE_CONTROL_ADDR", default_value = "off")]
+    pub control_addr: String,
 }
 
 /// What the lake does with early KPI window updates.
@@ -542,6 +552,11 @@ struct Sink<'a> {
     fact_days: BTreeSet<i64>,
     clock_ms: Option<i64>,
     started: Instant,
+    /// The quality pause (see [`crate::gate`]): the alerts topic, its decoder, the shared state.
+    alerts_topic: String,
+    alert_dec: cartstream_events::Decoder<cartstream_events::types::Alert>,
+    gate: SharedGate,
+    paused: bool,
 }
 
 /// One dimension's table and snapshot schedule.
@@ -617,11 +632,33 @@ pub async fn run(ctx: Context<'_>) -> anyhow::Result<()> {
             schedule: snapshot::Schedule::new(existing),
         });
     }
-    tracing::info!(group, inputs = ?inputs, lake = %lake.store, prefix = %lake.prefix, "writing");
+    let alerts_topic = names.name(Topic::Alerts);
+    let gate = SharedGate::default();
+    GateMetrics::get().paused.set(0);
+    for e in ["pause", "resume_command", "resume_clear"] {
+        GateMetrics::get().events.with_label_values(&[e]);
+    }
+    if args.quality_pause != PauseMode::Off && !inputs.contains(&alerts_topic) {
+        anyhow::bail!("--quality-pause needs {alerts_topic} among the --topics");
+    }
+    if args.control_addr != "off" {
+        let addr = args
+            .control_addr
+            .parse()
+            .with_context(|| format!("--control-addr {:?}", args.control_addr))?;
+        let bound = qgate::serve_control(addr, gate.clone(), shutdown.clone()).await?;
+        tracing::info!(%bound, "lake control endpoint");
+    } else if args.quality_pause == PauseMode::Resume {
+        anyhow::bail!(
+            "--quality-pause resume needs --control-addr (the resume command's endpoint)"
+        );
+    }
+    tracing::info!(group, inputs = ?inputs, lake = %lake.store, prefix = %lake.prefix, quality_pause = ?args.quality_pause, "writing");
     health.set_ready(true);
     let mut sink = Sink {
         lake,
         args,
+        alert_dec: cartstream_events::Decoder::new(registry.clone()),
         schemas: Schemas {
             registry,
             by_id: HashMap::new(),
@@ -638,6 +675,9 @@ pub async fn run(ctx: Context<'_>) -> anyhow::Result<()> {
         fact_days: BTreeSet::new(),
         clock_ms: None,
         started: Instant::now(),
+        alerts_topic,
+        gate,
+        paused: false,
     };
     if !sink.snapshots.is_empty() {
         // Every date the lake's facts have rows of gets a snapshot, also those a previous run
@@ -689,8 +729,15 @@ pub async fn run(ctx: Context<'_>) -> anyhow::Result<()> {
                         sink.parts
                             .insert((t.clone(), *p), Part::new(t.clone(), *p, cut));
                     }
+                    if sink.paused {
+                        sink.set_fetching(false);
+                    }
                 }
             }
+        }
+        let resume = sink.paused && qgate::lock(&sink.gate).resume_requested;
+        if resume {
+            sink.resume("resume_command").await?;
         }
         if let Some(msg) = received {
             // Stopped while the registry or the dead-letter topic was unavailable.
@@ -701,11 +748,12 @@ pub async fn run(ctx: Context<'_>) -> anyhow::Result<()> {
         if last_tick.elapsed() >= Duration::from_millis(500) {
             last_tick = Instant::now();
             let max_age = Duration::from_secs(sink.args.max_file_age_secs);
+            let paused = sink.paused;
             let due: Vec<(String, i32)> = sink
                 .parts
                 .iter()
                 .filter(|(_, p)| {
-                    p.first.is_some() && p.cut.is_none() && p.opened.elapsed() >= max_age
+                    !paused && p.first.is_some() && p.cut.is_none() && p.opened.elapsed() >= max_age
                 })
                 .map(|(k, _)| k.clone())
                 .collect();
@@ -735,12 +783,14 @@ pub async fn run(ctx: Context<'_>) -> anyhow::Result<()> {
     }
     readers.abort_all();
     // Graceful stop: flush what is buffered (a partition waiting for its recorded cut is left
-    // to the next run, which replays it to the same cut).
+    // to the next run, which replays it to the same cut). Paused: nothing (the next run reads
+    // the breach alert again and pauses again).
     health.set_ready(false);
+    let paused = sink.paused;
     let keys: Vec<_> = sink
         .parts
         .iter()
-        .filter(|(_, p)| p.first.is_some() && p.cut.is_none())
+        .filter(|(_, p)| !paused && p.first.is_some() && p.cut.is_none())
         .map(|(k, _)| k.clone())
         .collect();
     for k in keys {
@@ -828,6 +878,9 @@ impl Sink<'_> {
                             .final_field
                             .and_then(|i| avro_arrow::bool_value(&value, i))
                             == Some(false);
+                    if key.0 == self.alerts_topic && self.args.quality_pause != PauseMode::Off {
+                        self.gate_alert(msg).await?;
+                    }
                     let part = self.part(&key);
                     part.schema_id = Some(id);
                     if early {
@@ -850,6 +903,7 @@ impl Sink<'_> {
             }
         }
         let (max_records, max_bytes) = (self.args.max_file_records, self.args.max_file_bytes);
+        let paused = self.paused;
         let part = self.part(&key);
         if part.first.is_none() {
             part.first = Some(offset);
@@ -857,8 +911,9 @@ impl Sink<'_> {
         }
         part.last = offset;
         let due = match part.cut {
+            // Replaying a recorded cut: those files exist already (a pause does not stop it).
             Some(cut) => offset >= cut,
-            None => part.records.len() >= max_records || part.bytes >= max_bytes,
+            None => !paused && (part.records.len() >= max_records || part.bytes >= max_bytes),
         };
         if due {
             self.flush(&key).await?;
@@ -909,6 +964,96 @@ impl Sink<'_> {
                     .inc_by(rows as u64);
                 tracing::debug!(rel, rows, version, "snapshot written");
             }
+        }
+        Ok(())
+    }
+
+    /// Applies the pause rule to an alert record (see [`crate::gate`]).
+    async fn gate_alert(&mut self, msg: &OwnedMessage) -> anyhow::Result<()> {
+        let Some(payload) = msg.payload() else {
+            return Ok(());
+        };
+        let alert = match self.alert_dec.decode(payload).await {
+            Ok(a) => a,
+            // The generic decode above succeeded: an alert this build cannot read is no breach.
+            Err(e) => {
+                tracing::warn!(error = %e, "alert not readable for the quality pause");
+                return Ok(());
+            }
+        };
+        match qgate::decide(self.args.quality_pause, self.paused, &alert) {
+            Decision::Nothing => {
+                if self.paused
+                    && alert.alert_type == cartstream_events::types::AlertType::DataQuality
+                {
+                    qgate::lock(&self.gate).breaches += 1;
+                }
+            }
+            Decision::Pause => {
+                tracing::warn!(alert = %alert.alert_id, message = %alert.message, "data-quality gate breached: lake sink paused (nothing is committed until it resumes)");
+                self.paused = true;
+                {
+                    let mut g = qgate::lock(&self.gate);
+                    g.paused_by = Some(alert.alert_id.clone());
+                    g.breaches = 1;
+                    g.resume_requested = false;
+                    g.pauses += 1;
+                }
+                GateMetrics::get().paused.set(1);
+                GateMetrics::get()
+                    .events
+                    .with_label_values(&["pause"])
+                    .inc();
+                self.set_fetching(false);
+            }
+            Decision::Resume => self.resume("resume_clear").await?,
+        }
+        Ok(())
+    }
+
+    /// Pauses (or resumes) fetching of every owned partition except the alerts'.
+    fn set_fetching(&self, on: bool) {
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for (t, p) in self.parts.keys() {
+            if *t != self.alerts_topic {
+                tpl.add_partition(t, *p);
+            }
+        }
+        if tpl.count() == 0 {
+            return;
+        }
+        let r = if on {
+            self.consumer.resume(&tpl)
+        } else {
+            self.consumer.pause(&tpl)
+        };
+        if let Err(e) = r {
+            tracing::warn!(error = %e, on, "pausing/resuming fetches failed");
+        }
+    }
+
+    /// Ends a pause: fetching again, and the alert partitions flushed at once (so a restart does
+    /// not pause again on the same alert).
+    async fn resume(&mut self, why: &'static str) -> anyhow::Result<()> {
+        self.paused = false;
+        {
+            let mut g = qgate::lock(&self.gate);
+            tracing::info!(paused_by = ?g.paused_by, breaches = g.breaches, why, "lake sink resumed");
+            g.paused_by = None;
+            g.resume_requested = false;
+            g.resumes += 1;
+        }
+        GateMetrics::get().paused.set(0);
+        GateMetrics::get().events.with_label_values(&[why]).inc();
+        self.set_fetching(true);
+        let keys: Vec<_> = self
+            .parts
+            .iter()
+            .filter(|(k, p)| k.0 == self.alerts_topic && p.first.is_some() && p.cut.is_none())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in keys {
+            self.flush(&k).await?;
         }
         Ok(())
     }

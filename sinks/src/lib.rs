@@ -8,6 +8,8 @@
 //!   values (pure).
 //! - [`lake`]: `cartstream-lake-sink`: Parquet files named by offset range, uploaded through
 //!   `object_store`, offsets after uploads; compaction of closed hours (on a schedule too).
+//! - [`gate`]: the lake sink's pause on a breached data-quality gate (`--quality-pause`) and its
+//!   control endpoint (`POST /lake/resume`).
 //! - [`snapshot`]: daily snapshots of the dimension topics in the lake (the star schema's
 //!   dimensions).
 //! - [`source`], [`dlq`], [`metrics`]: the Kafka consumer, dead letters and metrics both share.
@@ -15,6 +17,7 @@
 pub mod avro_arrow;
 pub mod cql;
 pub mod dlq;
+pub mod gate;
 pub mod lake;
 pub mod metrics;
 pub mod rows;
