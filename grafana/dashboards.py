@@ -131,7 +131,7 @@ def business():
 def pipeline():
     b = Board("cartstream-pipeline-health", "cartstream / pipeline health",
               "Is every service up, what flows through each stage, lag, dead letters, late events, latency, "
-              "transactions, sinks and resources.")
+              "transactions, data-quality gates, sinks and resources.")
     b.row("Services")
     b.stat("Scrape targets up", "1 = Prometheus reached the service's /metrics endpoint on the last scrape.",
            [('up{job=~"cartstream-.+"}', "{{service}}")], w=24, h=5,
@@ -173,6 +173,22 @@ def pipeline():
     b.ts("Open windows and sessions", "State held in memory, waiting for the watermark.",
          [("sum by (stage) (cartstream_processor_open_windows)", "{{stage}} windows"),
           ("sum by (stage) (cartstream_processor_open_sessions)", "{{stage}} sessions")])
+    b.row("Data quality")
+    b.ts("Quality gates: rates of the latest judged window",
+         "The detector's gates, per event-time window (--gate-window): the share of events with each enriched "
+         "field unknown (field) and the share of records the cleaner rejected, per reason (reject). A rate above "
+         "its --gate-* threshold raises a data_quality alert.",
+         [("max by (gate, subject) (cartstream_quality_rate)", "{{gate}} {{subject}}")], unit="percentunit")
+    b.ts("Quality gates: window volume against its recent level",
+         "Events and rejects of the latest judged window, and the mean of the windows before it (the volume gate's "
+         "baseline).",
+         [("max by (kind) (cartstream_quality_window_records)", "{{kind}}"),
+          ("max(cartstream_quality_volume_baseline)", "baseline (mean records)")])
+    b.ts("Quality breaches / s and lake paused",
+         "Breaches by gate and subject (each one a data_quality alert on alerts.raised), and 1 while a breach pauses "
+         "the lake sink (--quality-pause).",
+         [(f"sum by (gate, subject) (rate(cartstream_quality_breaches_total[{RATE}]))", "{{gate}} {{subject}}"),
+          ("max(cartstream_lake_paused)", "lake paused")])
     b.row("Sinks")
     b.ts("Sink in-flight writes", "Writes sent and not yet acknowledged (bounded).",
          [("sum by (sink) (cartstream_sink_in_flight_writes)", "{{sink}}")])

@@ -3,6 +3,7 @@
 //! the model registry offline; `backtest` judges the model against the baselines on a history
 //! (kpi.windows or synthetic) at several origins. See model-service/README.md.
 
+use std::collections::HashMap;
 use std::process::ExitCode;
 use std::sync::{mpsc, Arc};
 
@@ -13,7 +14,7 @@ use cartstream_kafka::{KafkaArgs, Topic, TopicNames};
 use cartstream_model_service::model::{self, Family};
 use cartstream_model_service::monitor::Engine;
 use cartstream_model_service::registry::ModelRegistry;
-use cartstream_model_service::series::{Aggregator, History};
+use cartstream_model_service::series::{Aggregator, History, Obs};
 use cartstream_model_service::service::{self, EngineLoop, ForecastStoreArgs, ModelArgs, Shared};
 use cartstream_model_service::synth::{Synth, RETAIL_START};
 use cartstream_model_service::{api, telemetry};
@@ -286,24 +287,48 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
 
 async fn train(a: TrainArgs) -> anyhow::Result<()> {
     let cfg = a.model.train_config()?;
-    let history = match a.synthetic_categories {
-        Some(n) => synthetic(
-            a.synthetic_profile,
-            n,
-            a.synthetic_periods,
-            a.model.period_ms,
-        ),
-        None => {
-            history_from_topic(
-                &a.kafka,
-                &a.schema_registry,
-                &a.names,
-                &a.model,
-                cfg.history_capacity(),
-            )
-            .await?
+    // The periods as the running service closes them: from the topic as they are (so the
+    // figures are the service's to the last bit), synthetic history with units back from the
+    // average price (so the price feature is the same).
+    let periods: Vec<(i64, HashMap<String, Obs>)> = match a.synthetic_categories {
+        Some(n) => {
+            let history = synthetic(
+                a.synthetic_profile,
+                n,
+                a.synthetic_periods,
+                a.model.period_ms,
+            );
+            (0..history.len)
+                .map(|i| {
+                    let obs = history
+                        .series
+                        .iter()
+                        .map(|(k, s)| {
+                            let units = if s.price[i].is_finite() && s.price[i] > 0.0 {
+                                s.revenue[i] / s.price[i]
+                            } else {
+                                0.0
+                            };
+                            let o = Obs {
+                                purchases: s.purchases[i],
+                                units,
+                                revenue: s.revenue[i],
+                            };
+                            (k.clone(), o)
+                        })
+                        .collect();
+                    (history.index_of(i), obs)
+                })
+                .collect()
         }
+        None => periods_from_topic(&a.kafka, &a.schema_registry, &a.names, &a.model).await?,
     };
+    let registry = ModelRegistry::open(&a.model.model_store)?;
+    let mut engine = Engine::new(cfg.clone(), a.model.monitor_config(), a.model.period_ms);
+    for (idx, obs) in &periods {
+        engine.close_period(*idx, obs);
+    }
+    let history = engine.history();
     eprintln!(
         "training on {} series x {} periods (horizon {}, hold-out {})",
         history.series.len(),
@@ -311,30 +336,6 @@ async fn train(a: TrainArgs) -> anyhow::Result<()> {
         cfg.horizon,
         cfg.holdout_periods
     );
-    let registry = ModelRegistry::open(&a.model.model_store)?;
-    let mut engine = Engine::new(cfg.clone(), a.model.monitor_config(), a.model.period_ms);
-    for i in 0..history.len {
-        let obs = history
-            .series
-            .iter()
-            .map(|(k, s)| {
-                (
-                    k.clone(),
-                    cartstream_model_service::series::Obs {
-                        purchases: s.purchases[i],
-                        // units back from the average price, so the price feature is the same
-                        units: if s.price[i].is_finite() && s.price[i] > 0.0 {
-                            s.revenue[i] / s.price[i]
-                        } else {
-                            0.0
-                        },
-                        revenue: s.revenue[i],
-                    },
-                )
-            })
-            .collect();
-        engine.close_period(history.index_of(i), &obs);
-    }
     if let Some((m, meta)) = registry.load_champion().await? {
         engine.install(cartstream_model_service::monitor::Champion {
             model: Arc::new(m),
@@ -440,6 +441,21 @@ async fn history_from_topic(
     model: &ModelArgs,
     capacity: usize,
 ) -> anyhow::Result<History> {
+    let mut h = History::new(model.period_ms, capacity);
+    for (idx, obs) in periods_from_topic(kafka, schema_registry, names, model).await? {
+        h.push(idx, &obs);
+    }
+    Ok(h)
+}
+
+/// The closed periods of kpi.windows read to its end, oldest first, as the running service
+/// closes them (the same aggregator, end-of-input marks included).
+async fn periods_from_topic(
+    kafka: &KafkaArgs,
+    schema_registry: &RegistryArgs,
+    names: &TopicNames,
+    model: &ModelArgs,
+) -> anyhow::Result<Vec<(i64, HashMap<String, Obs>)>> {
     let topic = names.name(Topic::KpiWindows);
     let config = kafka.consumer(&format!("{}cartstream-model-train", names.topic_prefix))?;
     let records = tokio::task::spawn_blocking({
@@ -456,7 +472,6 @@ async fn history_from_topic(
     let decoder = Decoder::<KpiWindow>::new(schema_registry.connect()?);
     let mut agg = Aggregator::new(model.period_ms, model.window_size_ms, model.products)
         .map_err(|e| anyhow::anyhow!(e))?;
-    let mut h = History::new(model.period_ms, capacity);
     let mut bad = 0usize;
     let mut partitions = std::collections::HashSet::new();
     for m in &records {
@@ -497,13 +512,11 @@ async fn history_from_topic(
     for p in partitions {
         agg.partition_at_end(p);
     }
-    for (idx, obs) in agg.drain_closed() {
-        h.push(idx, &obs);
-    }
+    let closed = agg.drain_closed();
     if bad > 0 {
         eprintln!("{bad} records of {topic} could not be decoded and were skipped");
     }
-    Ok(h)
+    Ok(closed)
 }
 
 async fn models(a: StoreArgs) -> anyhow::Result<()> {

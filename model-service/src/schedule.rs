@@ -11,15 +11,19 @@
 //!    last end-of-input training: train once on everything (whatever the cooldown). The
 //!    bounded input is complete, so this model is the rebuild of the replay (what `train` over
 //!    the same topic gives).
-//! 2. Nothing while the service is catching up (records unread on some partition, or read
-//!    less than the idle timeout ago): a challenger trained then would be outdated by the records
-//!    behind it. The triggers below are evaluated once it is caught up, on the newest history.
+//! 2. Nothing while the service is catching up (a partition that has not reached its end for
+//!    the idle timeout: a backlog, see [`CatchUp`]): a challenger trained then would be
+//!    outdated by the records behind it. The triggers below are evaluated once it is caught up
+//!    (reading at the head, whether the topic is quiet or busy), on the newest history.
 //! 3. Nothing within `cooldown_periods` of the last attempt.
 //! 4. `initial` (no champion and enough history), `error` (live sMAPE of a target above the
 //!    threshold over a full live window), `drift` (a feature's PSI above the threshold over a
 //!    full drift window), `schedule` (the champion's training data ends `retrain_every_periods`
 //!    or more before the newest period, and no scheduled attempt was made within that many
 //!    periods).
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 /// The trigger labels.
 pub const INITIAL: &str = "initial";
@@ -99,10 +103,170 @@ pub fn due(s: &State, p: &Policy) -> Option<&'static str> {
     None
 }
 
+/// Whether the service reads at the head of kpi.windows (caught up), from when each partition
+/// last reached its end. Pure: the caller supplies the clock and the broker's answer.
+///
+/// A partition reading a backlog does not reach its end until the backlog is read; one at the
+/// head reaches it after every fetch, however busy the topic. So the service is caught up once
+/// every partition has kept reaching its end (none went `idle` without) for `idle`, and a
+/// broker check made while all were at their end found nothing unread; it is no longer caught
+/// up as soon as one partition goes `idle` without reaching its end (a backlog again). A quiet
+/// topic and a live one that never pauses are both caught up; a backlog, however it is split
+/// across partitions, is not.
+#[derive(Debug, Clone)]
+pub struct CatchUp {
+    partitions: Vec<i32>,
+    idle: Duration,
+    last_end: HashMap<i32, Instant>,
+    current_since: Option<Instant>,
+    last_check: Option<Instant>,
+    confirmed: bool,
+}
+
+impl CatchUp {
+    pub fn new(partitions: &[i32], idle: Duration) -> Self {
+        Self {
+            partitions: partitions.to_vec(),
+            idle,
+            last_end: HashMap::new(),
+            current_since: None,
+            last_check: None,
+            confirmed: false,
+        }
+    }
+
+    /// Partition `p` reached its end (the consumer's end-of-partition event).
+    pub fn reached_end(&mut self, p: i32, now: Instant) {
+        self.last_end.insert(p, now);
+    }
+
+    /// Re-judges after a poll; `at_end` holds the partitions with nothing fetched since their end.
+    pub fn update(&mut self, at_end: &HashSet<i32>, now: Instant) {
+        let current = self.partitions.iter().all(|p| {
+            at_end.contains(p)
+                || self
+                    .last_end
+                    .get(p)
+                    .is_some_and(|t| now.saturating_duration_since(*t) < self.idle)
+        });
+        if current {
+            self.current_since.get_or_insert(now);
+        } else {
+            self.current_since = None;
+            self.confirmed = false;
+        }
+    }
+
+    /// True when the broker should be asked now: every partition current for `idle` and all at
+    /// their end, not yet confirmed, and no check in the last `idle`.
+    pub fn wants_check(&self, at_end: &HashSet<i32>, now: Instant) -> bool {
+        !self.confirmed
+            && self.partitions.iter().all(|p| at_end.contains(p))
+            && self
+                .current_since
+                .is_some_and(|s| now.saturating_duration_since(s) >= self.idle)
+            && self
+                .last_check
+                .is_none_or(|c| now.saturating_duration_since(c) >= self.idle)
+    }
+
+    /// The broker's answer: `nothing_unread` on every partition.
+    pub fn checked(&mut self, nothing_unread: bool, now: Instant) {
+        self.last_check = Some(now);
+        self.confirmed = nothing_unread && self.current_since.is_some();
+    }
+
+    pub fn caught_up(&self) -> bool {
+        self.confirmed
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// Drives a [`CatchUp`] over 3 partitions in 10 ms steps: `fetch(step)` says which
+    /// partitions get records in that step (they leave their end and reach it again at the
+    /// step's end unless `backlog(step, p)` keeps them reading). Returns the steps caught up.
+    fn drive(
+        steps: u32,
+        fetch: impl Fn(u32) -> Vec<i32>,
+        backlog: impl Fn(u32, i32) -> bool,
+    ) -> Vec<bool> {
+        let t0 = Instant::now();
+        let mut c = CatchUp::new(&[0, 1, 2], Duration::from_millis(200));
+        let mut at_end = HashSet::new();
+        let mut out = Vec::new();
+        for step in 0..steps {
+            let now = t0 + Duration::from_millis(10 * u64::from(step));
+            for p in fetch(step) {
+                at_end.remove(&p);
+            }
+            for p in 0..3 {
+                if !at_end.contains(&p) && !backlog(step, p) {
+                    at_end.insert(p);
+                    c.reached_end(p, now);
+                }
+            }
+            // the broker agrees whenever all are at their end
+            let all = at_end.len() == 3;
+            c.update(&at_end, now);
+            if c.wants_check(&at_end, now) {
+                c.checked(all, now);
+            }
+            out.push(c.caught_up());
+        }
+        out
+    }
+
+    #[test]
+    fn a_quiet_topic_is_caught_up_after_the_idle_timeout() {
+        let up = drive(100, |_| vec![], |_, _| false);
+        assert!(!up[10], "not before the idle timeout");
+        assert!(up[25..].iter().all(|u| *u));
+    }
+
+    #[test]
+    fn a_busy_live_topic_that_never_pauses_is_caught_up() {
+        // every partition gets records in every step, and reads them at once
+        let up = drive(200, |_| vec![0, 1, 2], |_, _| false);
+        assert!(up[50..].iter().all(|u| *u), "live traffic is caught up");
+    }
+
+    #[test]
+    fn a_backlog_on_one_partition_is_never_caught_up_and_ends_it() {
+        // partition 2 reads a backlog from step 0 to 150; the others are idle
+        let up = drive(300, |_| vec![], |s, p| p == 2 && s < 150);
+        assert!(up[..150].iter().all(|u| !*u), "a backlog is not caught up");
+        assert!(up[190..].iter().all(|u| *u), "caught up once it is read");
+        // caught up, then a backlog for 50 steps (500 ms > idle): no longer caught up
+        let up = drive(
+            300,
+            |s| if s == 100 { vec![1] } else { vec![] },
+            |s, p| p == 1 && (100..150).contains(&s),
+        );
+        assert!(up[90] && !up[140] && up[200]);
+    }
+
+    #[test]
+    fn a_failed_broker_check_is_repeated_after_the_idle_timeout() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut c = CatchUp::new(&[0], Duration::from_millis(100));
+        let at_end: HashSet<i32> = [0].into();
+        c.reached_end(0, ms(0));
+        c.update(&at_end, ms(0));
+        assert!(!c.wants_check(&at_end, ms(50)));
+        c.update(&at_end, ms(100));
+        assert!(c.wants_check(&at_end, ms(100)));
+        c.checked(false, ms(100));
+        assert!(!c.caught_up());
+        assert!(!c.wants_check(&at_end, ms(150)), "not again at once");
+        assert!(c.wants_check(&at_end, ms(200)));
+        c.checked(true, ms(200));
+        assert!(c.caught_up());
+    }
 
     fn policy() -> Policy {
         Policy {

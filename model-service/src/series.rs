@@ -235,31 +235,66 @@ impl Aggregator {
 
     /// Start of the first period not known to be complete.
     ///
-    /// Partitions still being read (or declared ended) bound it by the lowest window they may
-    /// still deliver; partitions at their end do not hold it, except that without any partition
-    /// being read the newest window seen at an end stays open (it may still be incomplete). A
-    /// partition not heard from yet holds everything.
+    /// While some partition is being read, every partition bounds it by the lowest window it
+    /// may still deliver: its newest window (windows come in order within a partition), or what
+    /// its end-of-input mark allows; a partition not heard from yet holds everything. A
+    /// partition at its end holds at its newest window too: its end may have moved since it was
+    /// reached (records committed after it, perhaps in the transaction that carried the records
+    /// of another partition read since), so it never lets a period close that its own unread
+    /// windows may still belong to. Only when no partition is being read (every one at its end
+    /// or ended by a mark) do the ends count: periods up to the newest window seen close (that
+    /// one may still be incomplete), bounded by the marks.
     fn watermark(&self) -> Option<i64> {
         let mut bounds = Vec::new();
         let mut busy = false;
+        let mut unknown = false;
         let mut newest_at_end: Option<i64> = None;
         for p in self.partitions.values() {
-            if p.at_end && p.end.is_none() {
-                newest_at_end = newest_at_end.max(p.max_start);
+            if p.end.is_some() {
+                bounds.extend(p.bound(self.window_size_ms));
                 continue;
             }
-            match p.bound(self.window_size_ms) {
-                Some(b) => bounds.push(b),
-                None => return None,
+            if p.at_end {
+                newest_at_end = newest_at_end.max(p.max_start);
+            } else {
+                busy = true;
             }
-            busy |= p.end.is_none();
+            match p.max_start {
+                Some(m) => bounds.push(m),
+                None => unknown = true,
+            }
         }
-        let lowest = bounds.into_iter().min();
-        match (lowest, newest_at_end) {
-            (Some(l), _) if busy => Some(l),
+        if busy {
+            return if unknown {
+                None
+            } else {
+                bounds.into_iter().min()
+            };
+        }
+        let marked = self
+            .partitions
+            .values()
+            .filter_map(|p| p.end.and(p.bound(self.window_size_ms)))
+            .min();
+        match (marked, newest_at_end) {
             (Some(l), Some(n)) => Some(l.min(n)),
             (l, n) => l.or(n),
         }
+    }
+
+    /// True when closing now relies on partitions being at their end (none is being read):
+    /// the caller should check first that none has records again
+    /// ([`Aggregator::partition_busy`]).
+    pub fn relies_on_ends(&self) -> bool {
+        let reading = self
+            .partitions
+            .values()
+            .any(|p| p.end.is_none() && !p.at_end);
+        !reading
+            && self
+                .partitions
+                .values()
+                .any(|p| p.end.is_none() && p.at_end)
     }
 
     /// True when [`Aggregator::drain_closed`] would close a period now.
@@ -517,6 +552,12 @@ mod tests {
             "partition 1 is still at period 0"
         );
         a.partition_at_end(1);
+        assert!(
+            a.drain_closed().is_empty(),
+            "at its end, partition 1 still holds at its newest window while 0 is read"
+        );
+        a.partition_at_end(0);
+        assert!(a.relies_on_ends());
         let closed = a.drain_closed();
         assert_eq!(closed.iter().map(|c| c.0).collect::<Vec<_>>(), vec![0, 1]);
         assert_eq!(closed[0].1.len(), 2);
@@ -529,29 +570,39 @@ mod tests {
         a.accept(0, &window(Dimension::Category, "a", 0, 60_000, 1));
         a.accept(0, &window(Dimension::Category, "a", 60_000, 60_000, 1));
         assert!(a.drain_closed().is_empty());
-        a.partition_at_end(2); // empty partition
+        a.partition_at_end(2); // empty so far
         a.accept(1, &window(Dimension::Category, "b", 60_000, 60_000, 1));
+        assert!(
+            a.drain_closed().is_empty(),
+            "an empty partition at its end may get records again: it holds while others are read"
+        );
+        a.partition_at_end(0);
+        a.partition_at_end(1);
         assert_eq!(
             a.drain_closed().len(),
             1,
-            "period 0 closes once both busy partitions passed it"
+            "period 0 closes once every partition is at its end"
         );
     }
 
     #[test]
-    fn an_end_reached_before_records_of_another_partition_is_checked_again() {
-        // Partition 0 reached its end; partition 1 then delivers a later period. Partition 0's
-        // end is found to have moved (records committed since): it holds period 0 again.
+    fn an_end_reached_before_records_of_another_partition_never_closes_its_periods() {
+        // Partition 0 reached its end at period 0; partition 1 then delivers a later period
+        // (perhaps of a transaction that also wrote period-0 windows to partition 0, unread).
         let mut a = Aggregator::new(60_000, 60_000, false).unwrap();
         a.expect_partitions(&[0, 1]);
         a.accept(0, &window(Dimension::Category, "a", 0, 60_000, 1));
         a.accept(1, &window(Dimension::Category, "b", 0, 60_000, 1));
         a.partition_at_end(0);
         a.accept(1, &window(Dimension::Category, "b", 60_000, 60_000, 1));
-        assert!(a.would_close());
-        assert_eq!(a.partitions_at_end(), vec![0]);
+        assert!(!a.would_close(), "partition 0 holds at its newest window");
+        assert!(!a.relies_on_ends());
+        // both at their end: closing relies on the ends, which the caller checks first
+        a.partition_at_end(1);
+        assert!(a.would_close() && a.relies_on_ends());
+        assert_eq!(a.partitions_at_end(), vec![0, 1]);
         a.partition_busy(0);
-        assert!(!a.would_close(), "partition 0 is at period 0 again");
+        assert!(!a.would_close(), "partition 0 had records again");
         assert!(a.drain_closed().is_empty());
         // its record of period 0 is not late
         assert_eq!(

@@ -36,6 +36,7 @@ use crate::features::MAX_HORIZON;
 use crate::model::{Metadata, TrainConfig};
 use crate::monitor::{Champion, Engine, ForecastSet, MonitorConfig};
 use crate::registry::ModelRegistry;
+use crate::schedule::CatchUp;
 use crate::series::{Accepted, Aggregator};
 use crate::telemetry as tm;
 
@@ -446,20 +447,19 @@ impl EngineLoop {
         }
     }
 
-    /// Closes every complete period. A partition counted at its end is checked first against
-    /// its end offset (the high watermark of the latest fetch): one that has records again
-    /// (committed after its end was reached, perhaps in the same transaction as records of
-    /// another partition read since) holds the periods open until they are read, so that an
-    /// end reached a moment ago never turns its own in-order windows into late ones.
-    fn close_periods(&mut self, consumer: &BaseConsumer) {
+    /// Closes every complete period. When closing relies on every partition being at its end,
+    /// each end is checked first against the broker (on a client of its own, so the check does
+    /// not wait behind this consumer's long-polling fetch): a partition that has records again
+    /// holds the periods open until they are read, so that an end reached a moment ago never
+    /// turns its own in-order windows into late ones.
+    fn close_periods(&mut self, consumer: &BaseConsumer, ends: &BaseConsumer) {
         if !self.aggregator.would_close() {
             return;
         }
-        let at_end = self.aggregator.partitions_at_end();
-        if !at_end.is_empty() {
-            let unread = unread_records(consumer, &self.topic, &at_end);
+        if self.aggregator.relies_on_ends() {
+            let at_end = self.aggregator.partitions_at_end();
             let mut moved = false;
-            for (p, n) in unread {
+            for (p, n) in unread_records(consumer, ends, &self.topic, &at_end) {
                 if n != Some(0) {
                     self.aggregator.partition_busy(p);
                     moved = true;
@@ -514,21 +514,25 @@ impl EngineLoop {
             tpl.add_partition_offset(&self.topic, *p, Offset::Beginning)?;
         }
         consumer.assign(&tpl)?;
+        // End offsets are asked on a connection of their own: on the reading consumer's, a
+        // request waits behind its fetch, which long-polls at the end of the topic.
+        let ends: BaseConsumer = self
+            .kafka
+            .consumer(&format!("{}-ends", self.group))?
+            .create()
+            .context("creating the end-offset client")?;
         self.aggregator.expect_partitions(&partitions);
         tracing::info!(topic = %self.topic, partitions = partitions.len(), idle_timeout_ms = self.idle_timeout.as_millis() as u64, "replaying kpi windows from the beginning");
         let mut at_end: HashSet<i32> = HashSet::new();
         let mut marks = cartstream_kafka::control::EndMarks::default();
-        let mut last_record = Instant::now();
+        let mut follow = CatchUp::new(&partitions, self.idle_timeout);
         let mut was_caught_up = false;
-        let mut verified: Option<(bool, Instant)> = None;
         while !self.shutdown.is_triggered() {
             self.commands();
             match consumer.poll(Duration::from_millis(100)) {
                 None => {}
                 Some(Ok(m)) => {
                     let p = m.partition();
-                    last_record = Instant::now();
-                    verified = None;
                     at_end.remove(&p);
                     match cartstream_kafka::control::control_of(&m) {
                         Ok(Some(mark)) => {
@@ -546,12 +550,13 @@ impl EngineLoop {
                             tracing::warn!(partition = p, error = %e, "bad control record skipped");
                         }
                     }
-                    self.close_periods(&consumer);
+                    self.close_periods(&consumer, &ends);
                 }
                 Some(Err(KafkaError::PartitionEOF(p))) => {
                     self.aggregator.partition_at_end(p);
                     at_end.insert(p);
-                    self.close_periods(&consumer);
+                    follow.reached_end(p, Instant::now());
+                    self.close_periods(&consumer, &ends);
                 }
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "kafka error while reading kpi.windows");
@@ -560,23 +565,18 @@ impl EngineLoop {
             }
             let ended = self.aggregator.input_ended();
             self.engine.set_input_ended(ended);
-            // Caught up: every partition at its end (checked against its end offset) and no
-            // record for the idle timeout. Not "no record for a while": a backlog is never idle.
-            // Checked against the broker once per quiet spell (again after a failed check
-            // only every idle timeout): a record arriving starts a new spell.
-            let quiet =
-                at_end.len() == partitions.len() && last_record.elapsed() >= self.idle_timeout;
-            if !quiet {
-                verified = None;
-            } else if verified
-                .is_none_or(|(ok, at): (bool, Instant)| !ok && at.elapsed() >= self.idle_timeout)
-            {
-                let ok = unread_records(&consumer, &self.topic, &partitions)
+            // Caught up (see [`CatchUp`]): every partition keeps reaching its end, which a
+            // backlog never does, and the broker confirmed it once. Live traffic that never
+            // pauses is caught up too.
+            let now = Instant::now();
+            follow.update(&at_end, now);
+            if follow.wants_check(&at_end, now) {
+                let ok = unread_records(&consumer, &ends, &self.topic, &partitions)
                     .iter()
                     .all(|(_, n)| *n == Some(0));
-                verified = Some((ok, Instant::now()));
+                follow.checked(ok, now);
             }
-            let caught_up = quiet && verified.is_some_and(|(ok, _)| ok);
+            let caught_up = follow.caught_up();
             if caught_up && !was_caught_up {
                 tracing::info!(
                     periods = self.engine.history().len,
@@ -604,6 +604,7 @@ impl EngineLoop {
 /// close.
 pub fn unread_records(
     consumer: &BaseConsumer,
+    ends: &BaseConsumer,
     topic: &str,
     partitions: &[i32],
 ) -> Vec<(i32, Option<i64>)> {
@@ -611,9 +612,7 @@ pub fn unread_records(
     partitions
         .iter()
         .map(|&p| {
-            let hi = consumer
-                .fetch_watermarks(topic, p, Duration::from_secs(5))
-                .ok();
+            let hi = ends.fetch_watermarks(topic, p, Duration::from_secs(5)).ok();
             let pos = positions
                 .as_ref()
                 .and_then(|t| t.find_partition(topic, p))

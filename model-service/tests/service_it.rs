@@ -206,8 +206,10 @@ async fn demand_shift_triggers_retrain_promotion_and_recovery() {
     synth.shift_at = Some(SHIFT_AT);
     synth.shift_factor = 2.5;
 
-    // History: three weeks, before the service starts (it replays the topic from the beginning).
-    send_periods(&producer, &topic, &enc, &synth, START..SHIFT_AT).await;
+    // History: three weeks less a day, before the service starts (it replays the topic from
+    // the beginning and trains its first champion once caught up, on the newest history).
+    let live_from = SHIFT_AT - 24;
+    send_periods(&producer, &topic, &enc, &synth, START..live_from).await;
     let mut svc = start(&prefix, &keyspace, &store);
     let closed = "cartstream_model_periods_closed_total";
     let m = wait_for(
@@ -215,10 +217,26 @@ async fn demand_shift_triggers_retrain_promotion_and_recovery() {
         "history replayed and a first champion",
         Duration::from_secs(90),
         |m| {
-            get(m, closed) >= (SHIFT_AT - START - 1) as f64
+            get(m, closed) >= (live_from - START - 1) as f64
                 && get(m, "cartstream_model_caught_up") == 1.0
                 && get(m, "cartstream_model_champion_version") >= 1.0
-                && get(m, "cartstream_model_live_window_periods") >= 24.0
+        },
+    )
+    .await;
+    assert_eq!(
+        get(&m, "cartstream_model_live_window_periods"),
+        0.0,
+        "no live period before the champion serves"
+    );
+    // A day live before the shift: the champion is judged on it.
+    send_periods(&producer, &topic, &enc, &synth, live_from..SHIFT_AT).await;
+    let m = wait_for(
+        &mut svc,
+        "a day of live periods",
+        Duration::from_secs(60),
+        |m| {
+            get(m, closed) >= (SHIFT_AT - START - 1) as f64
+                && get(m, "cartstream_model_live_window_periods") >= 23.0
         },
     )
     .await;

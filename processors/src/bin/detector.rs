@@ -1151,6 +1151,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let c = &cli.common;
     let service = c.service.init("cartstream-detector").await?;
     let metrics = Metrics::register()?;
+    // Every gate's series from the start (0 until a window is judged), so dashboards and rules
+    // see them before the first breach.
+    for f in FIELDS {
+        metrics.quality_rate.with_label_values(&["field", f]);
+        metrics.quality_breaches.with_label_values(&["field", f]);
+    }
+    for r in cartstream_processors::clean::REJECTION_CODES {
+        metrics.quality_rate.with_label_values(&["reject", r]);
+        metrics.quality_breaches.with_label_values(&["reject", r]);
+    }
+    for v in ["low", "high"] {
+        metrics.quality_breaches.with_label_values(&["volume", v]);
+    }
+    for k in ["events", "rejects"] {
+        metrics.quality_records.with_label_values(&[k]);
+    }
     let registry: Arc<Registry> = c.registry.connect()?;
     let names = &c.names;
     let group = c.group(STAGE);
