@@ -13,6 +13,14 @@
 //! | `invalid_quantity` | `quantity` >= 1 |
 //! | `invalid_id` | `product_id` and `user_id` are > 0 |
 //! | `invalid_currency` | `currency` is three ASCII letters (upper-cased) |
+//! | `out_of_range` | `price` <= [`Rules::max_price`] (default 1,000,000 in the event's currency) and `quantity` <= [`Rules::max_quantity`] (default 10,000) |
+//!
+//! The bounds come last, so a record that breaks another rule keeps that rule's code. They keep
+//! every accepted `price x quantity` (at most 10^16 micro-units with the defaults) far inside the
+//! integer sums of the windower and the sessionizer (i128 micro-units, see `window::Agg`): prices
+//! in the REES46 data set stay in the thousands and an order line of 10,000 units is
+//! already a wholesale load, so a value above them is a fault (a price in cents sent as units, a
+//! quantity field holding an id), not a purchase.
 //!
 //! Normalisation: times become UTC epoch milliseconds; blank or missing `brand` and
 //! `category_code` become `unknown`; both are trimmed and lower-cased.
@@ -46,20 +54,59 @@ pub const REJECTION_CODES: &[&str] = &[
     "invalid_quantity",
     "invalid_id",
     "invalid_currency",
+    "out_of_range",
 ];
+
+/// Default upper bound of `price`, in the event's currency.
+pub const DEFAULT_MAX_PRICE: f64 = 1_000_000.0;
+/// Default upper bound of `quantity`.
+pub const DEFAULT_MAX_QUANTITY: i32 = 10_000;
+/// Highest `--max-price` accepted: its micro-units (10^18) still fit an i64, so a line
+/// (`price x quantity`, at most 10^18 x (2^31 - 1) micro-units) fits an i128 with room for
+/// 8 x 10^10 of them in one sum.
+pub const MAX_PRICE_LIMIT: f64 = 1e12;
 
 /// Tunable limits of the rules.
 #[derive(Debug, Clone)]
 pub struct Rules {
     /// How far an event may lie in the future of the moment its producer sent it.
     pub max_future_ms: i64,
+    /// Highest accepted `price` (inclusive), in the event's currency.
+    pub max_price: f64,
+    /// Highest accepted `quantity` (inclusive).
+    pub max_quantity: i32,
 }
 
 impl Default for Rules {
     fn default() -> Self {
         Rules {
             max_future_ms: 3_600_000,
+            max_price: DEFAULT_MAX_PRICE,
+            max_quantity: DEFAULT_MAX_QUANTITY,
         }
+    }
+}
+
+impl Rules {
+    /// Checks the bounds given on the command line: `max_price` finite, > 0 and at most
+    /// [`MAX_PRICE_LIMIT`]; `max_quantity` >= 1.
+    pub fn check(&self) -> Result<(), String> {
+        if !(self.max_price.is_finite()
+            && self.max_price > 0.0
+            && self.max_price <= MAX_PRICE_LIMIT)
+        {
+            return Err(format!(
+                "--max-price {} must be > 0 and at most {MAX_PRICE_LIMIT}",
+                self.max_price
+            ));
+        }
+        if self.max_quantity < 1 {
+            return Err(format!(
+                "--max-quantity {} must be at least 1",
+                self.max_quantity
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -158,6 +205,21 @@ pub fn clean(raw: &RawEvent, rules: &Rules) -> Result<CleanEvent, Rejection> {
         return Err(reject(
             "invalid_currency",
             format!("currency {:?} is not an ISO 4217 code", truncate(currency)),
+        ));
+    }
+    if raw.price > rules.max_price {
+        return Err(reject(
+            "out_of_range",
+            format!("price {} is above the limit {}", raw.price, rules.max_price),
+        ));
+    }
+    if raw.quantity > rules.max_quantity {
+        return Err(reject(
+            "out_of_range",
+            format!(
+                "quantity {} is above the limit {}",
+                raw.quantity, rules.max_quantity
+            ),
         ));
     }
     Ok(CleanEvent {
@@ -265,6 +327,18 @@ mod tests {
                 Box::new(|e| e.currency = "dollars".into()),
             ),
             ("invalid_currency", Box::new(|e| e.currency = "U$D".into())),
+            ("out_of_range", Box::new(|e| e.price = 1_000_000.01)),
+            ("out_of_range", Box::new(|e| e.price = f64::MAX)),
+            ("out_of_range", Box::new(|e| e.quantity = 10_001)),
+            ("out_of_range", Box::new(|e| e.quantity = i32::MAX)),
+            // The bounds come last: another broken rule keeps its own code.
+            (
+                "invalid_currency",
+                Box::new(|e| {
+                    e.price = 5e6;
+                    e.currency = "".into()
+                }),
+            ),
         ];
         for (code, mutate) in cases {
             let mut e = raw();
@@ -273,6 +347,49 @@ mod tests {
             assert_eq!(got.code, code, "{e:?}");
             assert!(REJECTION_CODES.contains(&got.code));
             assert!(!got.message.is_empty());
+        }
+    }
+
+    #[test]
+    fn the_bounds_are_inclusive_and_configurable() {
+        let r = Rules::default();
+        let mut e = raw();
+        e.price = DEFAULT_MAX_PRICE;
+        e.quantity = DEFAULT_MAX_QUANTITY;
+        assert!(clean(&e, &r).is_ok(), "the limits themselves are accepted");
+        let tight = Rules {
+            max_price: 10.0,
+            max_quantity: 1,
+            ..Rules::default()
+        };
+        e.price = 10.0;
+        e.quantity = 1;
+        assert!(clean(&e, &tight).is_ok());
+        e.price = 10.5;
+        assert_eq!(clean(&e, &tight).unwrap_err().code, "out_of_range");
+        e.price = 10.0;
+        e.quantity = 2;
+        let got = clean(&e, &tight).unwrap_err();
+        assert_eq!(got.code, "out_of_range");
+        assert!(got.message.contains("quantity 2"), "{}", got.message);
+    }
+
+    #[test]
+    fn bad_bounds_are_refused() {
+        assert!(Rules::default().check().is_ok());
+        for (p, q) in [
+            (0.0, 5),
+            (f64::NAN, 5),
+            (f64::INFINITY, 5),
+            (2e12, 5),
+            (5.0, 0),
+        ] {
+            let r = Rules {
+                max_price: p,
+                max_quantity: q,
+                ..Rules::default()
+            };
+            assert!(r.check().is_err(), "{p} {q}");
         }
     }
 
@@ -306,8 +423,9 @@ mod tests {
             e.event_id = id; e.event_type = ty; e.event_time = time; e.price = price; e.quantity = qty;
             e.product_id = pid; e.user_id = uid; e.user_session = session; e.currency = currency;
             if let Ok(c) = clean(&e, &Rules::default()) {
-                prop_assert!(c.price > 0.0 && c.price.is_finite());
-                prop_assert!(c.quantity >= 1 && c.product_id > 0 && c.user_id > 0);
+                prop_assert!(c.price > 0.0 && c.price <= DEFAULT_MAX_PRICE);
+                prop_assert!(c.quantity >= 1 && c.quantity <= DEFAULT_MAX_QUANTITY);
+                prop_assert!(c.product_id > 0 && c.user_id > 0);
                 prop_assert!(!c.event_id.is_empty() && !c.user_session.is_empty());
                 prop_assert!(c.event_time <= e.source.sent_at + 3_600_000);
                 prop_assert_eq!(c.currency.len(), 3);

@@ -116,17 +116,15 @@ pub struct Open {
     pub carts: i64,
     pub removals: i64,
     pub purchases: i64,
-    pub revenue_micros: i64,
+    pub revenue_micros: i128,
     pub head: Head,
     pub first_purchase: Option<FirstPurchase>,
     /// A purchase in another currency than the first purchase's.
     pub mixed_currency: bool,
 }
 
-/// Price x quantity in micro-units (the windower's rounding).
-pub fn line_micros(price: f64, quantity: i32) -> i64 {
-    (price * MICROS).round() as i64 * i64::from(quantity)
-}
+/// Price x quantity in micro-units (the windower's rounding), i128: exact for every accepted value.
+pub use crate::window::line_micros;
 
 impl Open {
     pub fn from_event(e: &SessionEvent) -> Open {
@@ -175,7 +173,7 @@ impl Open {
         self.carts += other.carts;
         self.removals += other.removals;
         self.purchases += other.purchases;
-        self.revenue_micros += other.revenue_micros;
+        self.revenue_micros = self.revenue_micros.saturating_add(other.revenue_micros);
         if (other.head.time, &other.head.event_id) < (self.head.time, &self.head.event_id) {
             self.head = other.head;
         }
@@ -217,7 +215,9 @@ impl Open {
             EventType::RemoveFromCart => self.removals += 1,
             EventType::Purchase => {
                 self.purchases += 1;
-                self.revenue_micros += line_micros(e.price, e.quantity);
+                self.revenue_micros = self
+                    .revenue_micros
+                    .saturating_add(line_micros(e.price, e.quantity));
                 match &mut self.first_purchase {
                     None => {
                         self.first_purchase = Some(FirstPurchase {
@@ -486,14 +486,18 @@ impl Sessions {
     }
 }
 
-// Changelog value: version byte 1, then per session its fields; integers big-endian, strings
-// as u32 length + UTF-8.
-const VERSION: u8 = 1;
+// Changelog value: version byte 2, then per session its fields; integers big-endian (i64, the
+// revenue i128), strings as u32 length + UTF-8. Version 1 (still read) had the revenue as i64.
+const VERSION: u8 = 2;
+const VERSION_I64_REVENUE: u8 = 1;
 
 struct Writer(Vec<u8>);
 
 impl Writer {
     fn i64(&mut self, v: i64) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
+    fn i128(&mut self, v: i128) {
         self.0.extend_from_slice(&v.to_be_bytes());
     }
     fn str(&mut self, s: &str) {
@@ -520,6 +524,10 @@ impl Reader<'_> {
         let b: [u8; 8] = self.take(8)?.try_into().map_err(|_| "size".to_string())?;
         Ok(i64::from_be_bytes(b))
     }
+    fn i128(&mut self) -> Result<i128, String> {
+        let b: [u8; 16] = self.take(16)?.try_into().map_err(|_| "size".to_string())?;
+        Ok(i128::from_be_bytes(b))
+    }
     fn str(&mut self) -> Result<String, String> {
         let b: [u8; 4] = self.take(4)?.try_into().map_err(|_| "size".to_string())?;
         let n = u32::from_be_bytes(b) as usize;
@@ -532,17 +540,11 @@ pub fn encode_sessions(list: &[Open]) -> Vec<u8> {
     w.0.push(VERSION);
     w.0.push(list.len().min(255) as u8);
     for s in list.iter().take(255) {
-        for v in [
-            s.start,
-            s.end,
-            s.views,
-            s.carts,
-            s.removals,
-            s.purchases,
-            s.revenue_micros,
-            s.head.time,
-            s.head.user_id,
-        ] {
+        for v in [s.start, s.end, s.views, s.carts, s.removals, s.purchases] {
+            w.i64(v);
+        }
+        w.i128(s.revenue_micros);
+        for v in [s.head.time, s.head.user_id] {
             w.i64(v);
         }
         for v in [
@@ -571,17 +573,23 @@ pub fn encode_sessions(list: &[Open]) -> Vec<u8> {
 pub fn decode_sessions(bytes: &[u8]) -> Result<Vec<Open>, String> {
     let mut r = Reader(bytes);
     let v = r.u8()?;
-    if v != VERSION {
+    if v != VERSION && v != VERSION_I64_REVENUE {
         return Err(format!("unknown session record version {v}"));
     }
     let n = r.u8()?;
     let mut out = Vec::with_capacity(n as usize);
     for _ in 0..n {
-        let mut ints = [0_i64; 9];
+        let mut ints = [0_i64; 6];
         for i in &mut ints {
             *i = r.i64()?;
         }
-        let [start, end, views, carts, removals, purchases, revenue_micros, time, user_id] = ints;
+        let [start, end, views, carts, removals, purchases] = ints;
+        let revenue_micros = if v == VERSION {
+            r.i128()?
+        } else {
+            i128::from(r.i64()?)
+        };
+        let (time, user_id) = (r.i64()?, r.i64()?);
         let head = Head {
             time,
             event_id: r.str()?,
@@ -747,6 +755,47 @@ mod tests {
     fn sorted(mut v: Vec<Session>) -> Vec<Session> {
         v.sort_by(|a, b| a.session_id.cmp(&b.session_id));
         v
+    }
+
+    #[test]
+    fn maximal_purchases_sum_exactly_and_survive_the_changelog() {
+        let max = |id: usize, t: i64| {
+            let mut e = ev(
+                "s",
+                id,
+                t,
+                EventType::Purchase,
+                crate::clean::DEFAULT_MAX_PRICE,
+            );
+            e.quantity = crate::clean::DEFAULT_MAX_QUANTITY;
+            e
+        };
+        // 100,000 lines of 10^16 micro-units (10^21, past i64::MAX after 923 of them), in two
+        // halves merged as a bridge would merge them.
+        let mut a = Open::from_event(&max(0, 0));
+        let mut b = Open::from_event(&max(1, 1));
+        for i in 2..100_000 {
+            if i % 2 == 0 {
+                a.absorb(&max(i, 0));
+            } else {
+                b.absorb(&max(i, 1));
+            }
+        }
+        a.merge(b);
+        assert_eq!(a.revenue_micros, 10_i128.pow(21));
+        assert_eq!(a.purchases, 100_000);
+        let back = decode_sessions(&encode_sessions(std::slice::from_ref(&a))).unwrap();
+        assert_eq!(back, vec![a.clone()]);
+        assert_eq!(a.to_session("s").revenue, 1e15);
+        // A version-1 record (revenue as i64) still reads.
+        let mut small = Open::from_event(&ev("s", 0, 5, EventType::Purchase, 2.5));
+        small.revenue_micros = 7_500_000;
+        let v2 = encode_sessions(std::slice::from_ref(&small));
+        let mut v1 = vec![VERSION_I64_REVENUE, 1];
+        v1.extend_from_slice(&v2[2..2 + 48]);
+        v1.extend_from_slice(&7_500_000_i64.to_be_bytes());
+        v1.extend_from_slice(&v2[2 + 48 + 16..]);
+        assert_eq!(decode_sessions(&v1).unwrap(), vec![small]);
     }
 
     #[test]
@@ -916,8 +965,8 @@ mod tests {
             got.extend(flush(&mut s));
             let got = sorted(got);
             prop_assert_eq!(got.iter().map(|x| x.views + x.carts + x.removals + x.purchases).sum::<i64>(), all.len() as i64);
-            let revenue: i64 = all.iter().filter(|e| e.event_type == EventType::Purchase).map(|e| line_micros(e.price, e.quantity)).sum();
-            prop_assert_eq!(got.iter().map(|x| (x.revenue * MICROS).round() as i64).sum::<i64>(), revenue);
+            let revenue: i128 = all.iter().filter(|e| e.event_type == EventType::Purchase).map(|e| line_micros(e.price, e.quantity)).sum();
+            prop_assert_eq!(got.iter().map(|x| (x.revenue * MICROS).round() as i128).sum::<i128>(), revenue);
             prop_assert_eq!(got, expected);
             prop_assert_eq!(s.open_sessions(), 0);
         }

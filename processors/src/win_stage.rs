@@ -148,6 +148,11 @@ impl Reader<'_> {
         self.0 = t;
         Some(i64::from_le_bytes(h.try_into().ok()?))
     }
+    fn i128(&mut self) -> Option<i128> {
+        let (h, t) = self.0.split_at_checked(16)?;
+        self.0 = t;
+        Some(i128::from_le_bytes(h.try_into().ok()?))
+    }
     fn u32(&mut self) -> Option<u32> {
         let (h, t) = self.0.split_at_checked(4)?;
         self.0 = t;
@@ -160,17 +165,14 @@ impl Reader<'_> {
     }
 }
 
-/// Binary form of an aggregate: seven little-endian i64, the user count, the sorted user ids.
+/// Binary form of an aggregate: five little-endian i64 (counts and units), the revenue and the
+/// price sums as little-endian i128, the user count, the sorted user ids. (Bundles tagged
+/// [`TAG_BUNDLE_I64`], written before the money sums were i128, have them as i64; still read.)
 pub fn encode_agg(a: &Agg, buf: &mut Vec<u8>) {
-    for v in [
-        a.views,
-        a.carts,
-        a.removals,
-        a.purchases,
-        a.units,
-        a.revenue_micros,
-        a.price_micros,
-    ] {
+    for v in [a.views, a.carts, a.removals, a.purchases, a.units] {
+        buf.extend_from_slice(&v.to_le_bytes());
+    }
+    for v in [a.revenue_micros, a.price_micros] {
         buf.extend_from_slice(&v.to_le_bytes());
     }
     let mut users: Vec<i64> = a.users.iter().copied().collect();
@@ -181,15 +183,25 @@ pub fn encode_agg(a: &Agg, buf: &mut Vec<u8>) {
     }
 }
 
-fn decode_agg(r: &mut Reader<'_>) -> Option<Agg> {
+fn decode_agg(r: &mut Reader<'_>, wide_money: bool) -> Option<Agg> {
+    let (views, carts, removals, purchases, units) =
+        (r.i64()?, r.i64()?, r.i64()?, r.i64()?, r.i64()?);
+    let mut money = || {
+        if wide_money {
+            r.i128()
+        } else {
+            r.i64().map(i128::from)
+        }
+    };
+    let (revenue_micros, price_micros) = (money()?, money()?);
     let mut a = Agg {
-        views: r.i64()?,
-        carts: r.i64()?,
-        removals: r.i64()?,
-        purchases: r.i64()?,
-        units: r.i64()?,
-        revenue_micros: r.i64()?,
-        price_micros: r.i64()?,
+        views,
+        carts,
+        removals,
+        purchases,
+        units,
+        revenue_micros,
+        price_micros,
         users: HashSet::new(),
     };
     let n = r.u32()? as usize;
@@ -205,7 +217,7 @@ fn decode_agg(r: &mut Reader<'_>) -> Option<Agg> {
 
 pub fn decode_agg_bytes(b: &[u8]) -> Option<Agg> {
     let mut r = Reader(b);
-    let a = decode_agg(&mut r)?;
+    let a = decode_agg(&mut r, true)?;
     r.0.is_empty().then_some(a)
 }
 
@@ -226,7 +238,10 @@ pub enum Repartitioned {
     },
 }
 
-const TAG_BUNDLE: u8 = b'B';
+/// A bundle whose aggregates hold i128 money sums (what is written).
+const TAG_BUNDLE: u8 = b'b';
+/// A bundle of the earlier format, money sums as i64 (read, never written).
+const TAG_BUNDLE_I64: u8 = b'B';
 const TAG_MARKER: u8 = b'W';
 
 /// The repartition partition of a group (FNV-1a of its key bytes).
@@ -314,7 +329,7 @@ impl Repartitioned {
     pub fn decode(b: &[u8]) -> Option<Repartitioned> {
         let mut r = Reader(b);
         match r.u8()? {
-            TAG_BUNDLE => {
+            tag @ (TAG_BUNDLE | TAG_BUNDLE_I64) => {
                 let n = r.u32()? as usize;
                 let mut entries = Vec::with_capacity(n.min(1 << 16));
                 for _ in 0..n {
@@ -324,7 +339,7 @@ impl Repartitioned {
                     let key = GroupKey::decode(key)?;
                     r.0 = rest;
                     let pane = r.i64()?;
-                    let agg = decode_agg(&mut r)?;
+                    let agg = decode_agg(&mut r, tag == TAG_BUNDLE)?;
                     entries.push((key, pane, agg));
                 }
                 r.0.is_empty().then_some(Repartitioned::Bundle(entries))
@@ -1015,6 +1030,30 @@ mod tests {
         };
         assert_eq!(Repartitioned::decode(&m.encode()), Some(m));
         assert_eq!(Repartitioned::decode(b"Bxx"), None);
+        assert_eq!(Repartitioned::decode(b"bxx"), None);
+        // Money sums past i64 cross the repartition topic exactly.
+        let mut big = Agg::default();
+        for _ in 0..2_000 {
+            big.add(EventType::Purchase, 1e6, 10_000, 9);
+        }
+        assert!(big.revenue_micros > i128::from(i64::MAX));
+        let p = Repartitioned::Bundle(vec![(k.clone(), 1, big)]);
+        assert_eq!(Repartitioned::decode(&p.encode()), Some(p));
+        // A bundle of the earlier format (tag B, money sums as i64) still reads.
+        let mut old = vec![b'B'];
+        old.extend_from_slice(&1_u32.to_le_bytes());
+        let mut entry = Vec::new();
+        encode_entry(&mut entry, &k, 2, &a);
+        // Narrow the two i128 money sums (after the key, the pane and five i64) to i64.
+        let money = 2 + k.to_bytes().len() + 8 + 5 * 8;
+        old.extend_from_slice(&entry[..money]);
+        old.extend_from_slice(&(a.revenue_micros as i64).to_le_bytes());
+        old.extend_from_slice(&(a.price_micros as i64).to_le_bytes());
+        old.extend_from_slice(&entry[money + 32..]);
+        assert_eq!(
+            Repartitioned::decode(&old),
+            Some(Repartitioned::Bundle(vec![(k.clone(), 2, a.clone())]))
+        );
         assert_eq!(Repartitioned::decode(b""), None);
         let pm = PartitionMark {
             max_time: 10,

@@ -8,7 +8,10 @@
 //! - Aggregates are kept per *pane* (`[k * slide, (k + 1) * slide)`) and key, and a window's result is
 //!   the merge of its `size / slide` panes at emit time. An event updates one pane whatever the
 //!   slide, so a small slide costs merges at emit time, not per event.
-//! - Sums are exact integers (money in micro-units), so results do not depend on arrival order.
+//! - Sums are exact integers (money in micro-units, i128), so results do not depend on arrival
+//!   order. The cleaner bounds price (at most 10^12, 10^6 by default) and quantity, so a line is at
+//!   most 10^18 x (2^31 - 1) micro-units and an i128 sum holds 8 x 10^10 of them; the sums saturate
+//!   rather than wrap or panic beyond that (property-tested below).
 //! - The watermark is the highest event time seen minus the allowed lateness; a window is final once
 //!   `watermark >= end + grace`. An event whose every window is already final is *too late* and is
 //!   returned to the caller (for the late topic), never dropped silently.
@@ -63,6 +66,16 @@ impl WindowSpec {
 /// Micro-units per currency unit: sums of prices stay exact integers.
 pub const MICROS: f64 = 1_000_000.0;
 
+/// A price in micro-units, rounded (never panics: NaN gives 0, beyond i128 saturates).
+pub fn price_micros(price: f64) -> i128 {
+    (price * MICROS).round() as i128
+}
+
+/// Price x quantity in micro-units, exact for every price the cleaner can accept.
+pub fn line_micros(price: f64, quantity: i32) -> i128 {
+    price_micros(price).saturating_mul(i128::from(quantity))
+}
+
 /// Aggregates of one key over one pane or window.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Agg {
@@ -72,9 +85,9 @@ pub struct Agg {
     pub purchases: i64,
     pub units: i64,
     /// Sum of price x quantity over purchases, in micro-units.
-    pub revenue_micros: i64,
+    pub revenue_micros: i128,
     /// Sum of unit prices over purchases, in micro-units (for the average price).
-    pub price_micros: i64,
+    pub price_micros: i128,
     pub users: HashSet<i64>,
 }
 
@@ -85,11 +98,12 @@ impl Agg {
             EventType::Cart => self.carts += 1,
             EventType::RemoveFromCart => self.removals += 1,
             EventType::Purchase => {
-                let p = (price * MICROS).round() as i64;
                 self.purchases += 1;
-                self.units += i64::from(quantity);
-                self.revenue_micros += p * i64::from(quantity);
-                self.price_micros += p;
+                self.units = self.units.saturating_add(i64::from(quantity));
+                self.revenue_micros = self
+                    .revenue_micros
+                    .saturating_add(line_micros(price, quantity));
+                self.price_micros = self.price_micros.saturating_add(price_micros(price));
             }
         }
         self.users.insert(user_id);
@@ -100,9 +114,9 @@ impl Agg {
         self.carts += other.carts;
         self.removals += other.removals;
         self.purchases += other.purchases;
-        self.units += other.units;
-        self.revenue_micros += other.revenue_micros;
-        self.price_micros += other.price_micros;
+        self.units = self.units.saturating_add(other.units);
+        self.revenue_micros = self.revenue_micros.saturating_add(other.revenue_micros);
+        self.price_micros = self.price_micros.saturating_add(other.price_micros);
         self.users.extend(other.users.iter().copied());
     }
 
@@ -278,6 +292,81 @@ mod tests {
         assert_eq!(a.avg_price(), Some(0.15));
         assert_eq!(a.conversion_rate(), Some(2.0));
         assert_eq!(a.users.len(), 2);
+    }
+
+    /// The largest line the cleaner accepts with its default bounds.
+    const MAX_PRICE: f64 = crate::clean::DEFAULT_MAX_PRICE;
+    const MAX_QTY: i32 = crate::clean::DEFAULT_MAX_QUANTITY;
+
+    #[test]
+    fn a_million_maximal_purchases_sum_exactly() {
+        // 10^6 lines of 10^16 micro-units: 10^22, a thousand times past i64::MAX (~9.2 x 10^18);
+        // the i64 sums overflowed after 923 such lines.
+        let mut a = Agg::default();
+        for _ in 0..1_000_000 {
+            a.add(EventType::Purchase, MAX_PRICE, MAX_QTY, 1);
+        }
+        assert_eq!(a.revenue_micros, 10_i128.pow(22));
+        assert_eq!(a.price_micros, 10_i128.pow(18));
+        assert_eq!(a.units, 10_000_000_000);
+        assert_eq!(a.revenue(), 1e16);
+        assert_eq!(a.avg_price(), Some(MAX_PRICE));
+        // The widest bounds the cleaner allows (--max-price 1e12, any i32 quantity) stay exact too.
+        let line = line_micros(crate::clean::MAX_PRICE_LIMIT, i32::MAX);
+        assert_eq!(line, 10_i128.pow(18) * i128::from(i32::MAX));
+        let mut b = Agg::default();
+        for _ in 0..1_000 {
+            b.add(
+                EventType::Purchase,
+                crate::clean::MAX_PRICE_LIMIT,
+                i32::MAX,
+                1,
+            );
+        }
+        assert_eq!(b.revenue_micros, 1_000 * line);
+        // Values no cleaner accepts neither wrap nor panic.
+        let mut c = Agg::default();
+        c.add(EventType::Purchase, f64::MAX, i32::MAX, 1);
+        c.add(EventType::Purchase, f64::MAX, i32::MAX, 1);
+        c.merge(&c.clone());
+        assert_eq!(c.revenue_micros, i128::MAX);
+        c.add(EventType::Purchase, f64::NAN, -5, 1);
+        assert_eq!(line_micros(f64::NAN, 3), 0);
+    }
+
+    proptest! {
+        /// Any number of purchases of any accepted price and quantity, added to panes in any
+        /// grouping and merged in any order, sums exactly to the direct i128 sum: no overflow, no
+        /// panic, no dependence on grouping.
+        #[test]
+        fn accepted_money_sums_are_exact(
+            lines in proptest::collection::vec(
+                (prop_oneof![Just(MAX_PRICE), 0.000_001..=MAX_PRICE], prop_oneof![Just(MAX_QTY), 1..=MAX_QTY]),
+                1..400,
+            ),
+            repeat in 1u32..1_500,
+            panes in 1usize..8,
+        ) {
+            let mut parts = vec![Agg::default(); panes];
+            let mut expected: i128 = 0;
+            let mut prices: i128 = 0;
+            for r in 0..repeat {
+                for (i, (p, q)) in lines.iter().enumerate() {
+                    parts[(i + r as usize) % panes].add(EventType::Purchase, *p, *q, 1);
+                    let pm = (p * MICROS).round() as i128;
+                    expected += pm * i128::from(*q);
+                    prices += pm;
+                }
+            }
+            let mut all = Agg::default();
+            for p in parts.iter().rev() {
+                all.merge(p);
+            }
+            prop_assert_eq!(all.revenue_micros, expected);
+            prop_assert_eq!(all.price_micros, prices);
+            prop_assert_eq!(all.purchases, i64::from(repeat) * lines.len() as i64);
+            prop_assert!(all.revenue_micros < i128::MAX / 1_000_000, "far from saturation");
+        }
     }
 
     proptest! {

@@ -43,6 +43,13 @@ struct Cli {
     /// How far an event may lie after the moment its producer sent it, in seconds.
     #[arg(long, env = "MAX_FUTURE_SECS", default_value_t = 3600)]
     max_future_secs: i64,
+    /// Highest accepted price, in the event's currency; above it the event is dead-lettered as
+    /// `out_of_range` (at most 1e12, so that money sums stay exact).
+    #[arg(long, env = "MAX_PRICE", default_value_t = clean::DEFAULT_MAX_PRICE)]
+    max_price: f64,
+    /// Highest accepted quantity; above it the event is dead-lettered as `out_of_range`.
+    #[arg(long, env = "MAX_QUANTITY", default_value_t = clean::DEFAULT_MAX_QUANTITY)]
+    max_quantity: i32,
 }
 
 struct Cleaner {
@@ -186,6 +193,12 @@ async fn ensure_changelog(
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let rules = Rules {
+        max_future_ms: cli.max_future_secs * 1000,
+        max_price: cli.max_price,
+        max_quantity: cli.max_quantity,
+    };
+    rules.check().map_err(anyhow::Error::msg)?;
     let c = &cli.common;
     let service = c.service.init("cartstream-cleaner").await?;
     let registry: Arc<Registry> = c.registry.connect()?;
@@ -202,9 +215,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let cleaner = Cleaner {
         decoder: Decoder::new(registry.clone()),
         encoder: Encoder::register(&registry, &names.subject(Topic::Clean)).await?,
-        rules: Rules {
-            max_future_ms: cli.max_future_secs * 1000,
-        },
+        rules,
         out_topic: names.name(Topic::Clean),
         changelog,
         horizon_ms,
