@@ -8,6 +8,14 @@ use cartstream_events::Contract;
 
 const DAY_MS: i64 = 24 * 3600 * 1000;
 
+/// `max.message.bytes` of the dead-letter topic, set when it is created, and the bound every
+/// writer of dead letters keeps to (`cartstream_stream::dead`): a dead letter that would be
+/// larger carries a prefix of the record and its size instead of the whole record (code
+/// `oversized`), so one huge record cannot fail its batch forever. 1,000,000 bytes is
+/// librdkafka's default `message.max.bytes` (the largest record a producer sends unless told
+/// otherwise) and below the broker's default limit (1,048,588).
+pub const DLQ_MAX_MESSAGE_BYTES: usize = 1_000_000;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Topic {
     /// Raw events as sent by producers; kept forever, it is what Kappa replays start from.
@@ -99,9 +107,12 @@ impl Topic {
         match self {
             Topic::Raw => retention(-1),
             Topic::Clean | Topic::Enriched | Topic::Sessions => retention(7 * DAY_MS),
-            Topic::DeadLetters | Topic::KpiWindows | Topic::Alerts | Topic::Late => {
-                retention(30 * DAY_MS)
+            Topic::DeadLetters => {
+                let mut c = retention(30 * DAY_MS);
+                c.push(("max.message.bytes", DLQ_MAX_MESSAGE_BYTES.to_string()));
+                c
             }
+            Topic::KpiWindows | Topic::Alerts | Topic::Late => retention(30 * DAY_MS),
             // Compacted tables: the latest value per key lives forever; compaction may run an
             // hour after a write, so a restart reloads few superseded values.
             Topic::Products | Topic::Users => vec![
@@ -217,5 +228,16 @@ mod tests {
         assert_eq!(Topic::Raw.partitions(12), 12);
         assert_eq!(Topic::Products.partitions(12), 3);
         assert_eq!(Topic::Products.partitions(1), 1);
+    }
+
+    #[test]
+    fn the_dead_letter_topic_has_the_size_limit_the_writers_keep_to() {
+        assert!(Topic::DeadLetters
+            .configs()
+            .contains(&("max.message.bytes", DLQ_MAX_MESSAGE_BYTES.to_string())));
+        assert!(Topic::ALL
+            .iter()
+            .filter(|t| **t != Topic::DeadLetters)
+            .all(|t| t.configs().iter().all(|(k, _)| *k != "max.message.bytes")));
     }
 }

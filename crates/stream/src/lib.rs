@@ -50,9 +50,14 @@
 //!
 //! A record the processor rejects goes to the dead-letter topic with a stable error code, a
 //! message, the stage, the original key and bytes, the writer schema id if known, and the source
-//! topic/partition/offset/timestamp, in the same transaction as everything else.
+//! topic/partition/offset/timestamp, in the same transaction as everything else. A dead letter
+//! that would exceed the dead-letter topic's `max.message.bytes`
+//! (`cartstream_kafka::topics::DLQ_MAX_MESSAGE_BYTES`, set when the topic is created) is written
+//! as an `oversized` one instead ([`dead`]): the first 64 KiB of the value and key, the original
+//! sizes and code in its message and in headers, so the batch commits and the partition goes on.
 
 mod args;
+pub mod dead;
 pub mod idle;
 mod metrics;
 mod run;

@@ -17,7 +17,7 @@ use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{DeliveryResult, Message, OwnedMessage};
+use rdkafka::message::{DeliveryResult, Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
@@ -997,9 +997,44 @@ async fn process_batch<P: Processor>(
     if batch.is_empty() && out.is_empty() {
         return Ok(None);
     }
+    // Every dead letter within the dead-letter topic's limit: a larger one would fail the
+    // transaction forever (`MsgSizeTooLarge`); it becomes an `oversized` one ([`crate::dead`]).
     let mut dead_payloads = Vec::with_capacity(out.dead.len());
-    for d in &out.dead {
-        dead_payloads.push(dlq.encode(d).map_err(|e| BatchError::Fatal(e.into()))?);
+    for d in &mut out.dead {
+        let mut bytes = dlq.encode(d).map_err(|e| BatchError::Fatal(e.into()))?;
+        let key_len = d.key.as_ref().map_or(0, Vec::len);
+        let oversized = if crate::dead::fits(bytes.len(), key_len) {
+            None
+        } else {
+            let (fitted, oversized) = crate::dead::fit(d.clone(), bytes.len());
+            *d = fitted;
+            oversized
+        };
+        let headers = match oversized {
+            None => None,
+            Some(o) => {
+                tracing::warn!(
+                    stage,
+                    code = %o.code,
+                    value_bytes = o.value_size,
+                    key_bytes = o.key_size,
+                    topic = %d.source_topic,
+                    partition = d.source_partition,
+                    offset = d.source_offset,
+                    "a dead letter over the dead-letter topic's limit is written as oversized"
+                );
+                bytes = dlq.encode(d).map_err(|e| BatchError::Fatal(e.into()))?;
+                let mut h = OwnedHeaders::new();
+                for (name, value) in o.headers() {
+                    h = h.insert(Header {
+                        key: name,
+                        value: Some(value.as_bytes()),
+                    });
+                }
+                Some(h)
+            }
+        };
+        dead_payloads.push((bytes, headers));
     }
     if eos {
         producer
@@ -1036,10 +1071,13 @@ async fn process_batch<P: Processor>(
             send(producer, rec).map_err(|e| retry(e, "forwarding a control record"))?;
         }
     }
-    for (d, payload) in out.dead.iter().zip(&dead_payloads) {
+    for (d, (payload, headers)) in out.dead.iter().zip(&dead_payloads) {
         let mut rec = BaseRecord::<[u8], [u8]>::to(dlq_topic).payload(payload.as_slice());
         if let Some(k) = d.key.as_deref() {
             rec = rec.key(k);
+        }
+        if let Some(h) = headers {
+            rec = rec.headers(h.clone());
         }
         send(producer, rec).map_err(|e| retry(e, "dead-lettering"))?;
     }
