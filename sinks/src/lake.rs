@@ -609,7 +609,13 @@ pub async fn run(ctx: Context<'_>) -> anyhow::Result<()> {
     let mut snapshots = Vec::new();
     let mut readers = tokio::task::JoinSet::new();
     for base in args.snapshots.iter().filter(|t| !t.trim().is_empty()) {
+        // The snapshot's directory is named in the lake's own namespace; the dimension is read
+        // where it lives: a replay generation reads the source namespace's catalog topics.
         let topic = format!("{}{}", names.topic_prefix, base.trim());
+        let source = Topic::ALL
+            .into_iter()
+            .find(|t| t.base_name() == base.trim())
+            .map_or_else(|| topic.clone(), |t| names.name(t));
         let existing: BTreeSet<i64> = lake
             .list(&format!("snapshot={topic}/"))
             .await
@@ -622,7 +628,7 @@ pub async fn run(ctx: Context<'_>) -> anyhow::Result<()> {
             kafka.clone(),
             format!("{group}-snapshots"),
             registry.clone(),
-            topic.clone(),
+            source,
             table.clone(),
             shutdown.clone(),
         ));

@@ -82,6 +82,9 @@ impl Generation {
             .env("MODEL_URL", format!("file://{}", self.models.display()))
             .env("BIN", bin_dir())
             .env("PROFILE_ARGS", "--batch-linger-ms 50")
+            // The lake's files close 10 s after their first record (60 s by default), so a
+            // generation's last sessions and windows are committed well within `wait`'s budget.
+            .env("MAX_FILE_AGE_SECS", "10")
             .env("MODEL_PERIOD_MS", "60000");
     }
 
