@@ -120,6 +120,12 @@ echo "  trend alerts:"
 for line in sys.stdin:
     a = json.loads(line)
     print("    %-8s %-40s observed %5.0f  baseline %6.1f  threshold %6.1f" % (a["severity"], a["subject_kind"] + " " + a["subject_id"], a["observed"], a["baseline"], a["threshold"]))' | head -10
+echo "  data quality (the detector's gates, latest judged window; breaches raise data_quality alerts):"
+prom 'max by (subject) (cartstream_quality_rate{gate="field"})' subject
+prom 'max by (subject) (cartstream_quality_rate{gate="reject"} > 0)' subject
+prom 'sum by (gate) (cartstream_quality_breaches_total)' gate
+echo "  false price anomalies: none expected (the live run prices from catalog.products)"
+prom 'sum(cartstream_detector_alerts_total{alert_type="price_anomaly"})'
 echo "  forecast (model service):"
 model_port=$(port model-api)
 curl -fsS --max-time 5 "http://127.0.0.1:$model_port/v1/model" 2>/dev/null | cut -c1-300 || echo "    (no model yet)"
@@ -128,6 +134,8 @@ curl -fsS --max-time 5 "http://127.0.0.1:$model_port/v1/forecast?category=kids.t
 echo
 lake=.stack/lake
 echo "  Parquet lake: $(find "$lake" -name '*.parquet' 2>/dev/null | wc -l) files, $(du -sh "$lake" 2>/dev/null | cut -f1) in $lake"
+echo "  SQL over the lake (cartstream-admin lake-query funnel_by_day_category; DuckDB from PyPI on first use):"
+"$BIN/cartstream-admin" lake-query funnel_by_day_category --lake "$lake" 2>&1 | head -12 | sed 's/^/    /' || true
 
 cat <<MSG
 
@@ -137,7 +145,7 @@ cat <<MSG
   services             bash scripts/services.sh status   (logs in .stack/services/, metrics on ports 9201-9208)
   forecasts            http://127.0.0.1:$model_port/v1/forecast?category=kids.toys&horizon=6
   CQL tables           keyspace cartstream on 127.0.0.1:9042 (kpi_by_dimension, events_by_user, sessions_by_user, alerts_by_day)
-  Parquet lake         $lake   (compact closed hours: $BIN/cartstream-lake-sink --lake-url $lake compact)
+  Parquet lake         $lake   (closed hours compacted by the lake sink; SQL: $BIN/cartstream-admin lake-query --list)
   any topic            $BIN/cartstream-admin inspect --topic kpi.windows --samples 3
   rebuild everything   make replay GEN=g2
   stop everything      make down

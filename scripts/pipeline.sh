@@ -15,6 +15,7 @@
 #                    model service's forecast API PORT_BASE+9                          default 9201
 #   MODEL_PERIOD_MS  the model's base period (3600000 = hourly; the demo and tests, whose
 #                    simulated clock runs 60x, use 60000)                              default 3600000
+#   MODEL_WINDOW_SIZE_MS  the kpi windows the model reads (the windower's WINDOW_SIZE)  default 60000
 #   SCYLLA_KEYSPACE  keyspace of the real-time tables                   default cartstream
 #   LAKE_URL         history lake (file:// or s3://)                    default file://<repo>/.stack/lake
 #                    Consumer groups are the services' defaults: <TOPIC_PREFIX>cartstream-<service>.
@@ -27,7 +28,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 : "${TOPIC_PREFIX:=}" "${NAME:=}" "${PORT_BASE:=9201}" "${SCYLLA_KEYSPACE:=cartstream}"
 : "${LAKE_URL:=file://$ROOT/.stack/lake}" "${MODEL_URL:=file://$ROOT/.stack/models}"
-: "${BIN:=./target/debug}" "${MODEL_PERIOD_MS:=3600000}" "${PROFILE_ARGS:=}"
+: "${BIN:=./target/debug}" "${MODEL_PERIOD_MS:=3600000}" "${MODEL_WINDOW_SIZE_MS:=60000}" "${PROFILE_ARGS:=}"
 export TOPIC_PREFIX SCYLLA_KEYSPACE
 
 SERVICES=(cleaner enricher windower sessionizer detector scylla-sink lake-sink model-service)
@@ -57,7 +58,7 @@ start() {
   start_service scylla-sink "$BIN/cartstream-scylla-sink" run --instance-id "$id"
   start_service lake-sink "$BIN/cartstream-lake-sink" --lake-url "$LAKE_URL" run --instance-id "$id"
   start_service model-service "$BIN/cartstream-model-service" run --model-store "$MODEL_URL" \
-    --http-addr "127.0.0.1:$((PORT_BASE + 9))" --period-ms "$MODEL_PERIOD_MS" --window-size-ms 60000
+    --http-addr "127.0.0.1:$((PORT_BASE + 9))" --period-ms "$MODEL_PERIOD_MS" --window-size-ms "$MODEL_WINDOW_SIZE_MS"
 }
 
 # Sum of every lag gauge a service exports (processors and sinks), or "down".
@@ -88,5 +89,5 @@ case ${1:-} in
   status) bash scripts/services.sh status "${SERVICES[@]/#/$NAME}" ;;
   wait) wait_caught_up ;;
   port) [[ $2 == model-api ]] && echo $((PORT_BASE + 9)) || port_of "$2" ;;
-  *) sed -n '2,22p' "$0"; exit 2 ;;
+  *) sed -n '2,23p' "$0"; exit 2 ;;
 esac

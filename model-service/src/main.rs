@@ -14,7 +14,7 @@ use cartstream_kafka::{KafkaArgs, Topic, TopicNames};
 use cartstream_model_service::model::{self, Family};
 use cartstream_model_service::monitor::Engine;
 use cartstream_model_service::registry::ModelRegistry;
-use cartstream_model_service::series::{Aggregator, History, Obs};
+use cartstream_model_service::series::{History, Obs};
 use cartstream_model_service::service::{self, EngineLoop, ForecastStoreArgs, ModelArgs, Shared};
 use cartstream_model_service::synth::{Synth, RETAIL_START};
 use cartstream_model_service::{api, telemetry};
@@ -81,9 +81,10 @@ struct RunArgs {
     /// Deadline of every API request, in seconds (503 after it).
     #[arg(long, env = "MODEL_API_TIMEOUT_SECS", default_value_t = 60)]
     api_timeout_secs: u64,
-    /// Caught up means: no unread record on any kpi.windows partition, and none read, for this
-    /// many ms. Automatic retrains wait for it (or for the end of input), so a backlog is read
-    /// without training challengers on outdated history.
+    /// Caught up means: every kpi.windows partition keeps reaching its end (a busy live topic
+    /// too); one that goes this many ms without reaching it reads a backlog. Automatic retrains
+    /// wait until caught up (or for the end of input), so a backlog is read without training
+    /// challengers on outdated history.
     #[arg(long, env = "MODEL_IDLE_TIMEOUT_MS", default_value_t = 2000)]
     idle_timeout_ms: u64,
     /// Categories exported as forecast gauges at most.
@@ -191,8 +192,7 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
     let svc = a.service.init("cartstream-model-service").await?;
     telemetry::register_all();
     let train_cfg = a.model.train_config()?;
-    let aggregator = Aggregator::new(a.model.period_ms, a.model.window_size_ms, a.model.products)
-        .map_err(|e| anyhow::anyhow!("--window-size-ms / --period-ms: {e}"))?;
+    let aggregator = a.model.aggregator()?;
     a.kafka.check(std::time::Duration::from_secs(15))?;
     let schema_registry = a.schema_registry.connect()?;
     let registry = ModelRegistry::open(&a.model.model_store)?;
@@ -255,6 +255,7 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         decoder: Decoder::<KpiWindow>::new(schema_registry),
         engine: Engine::new(train_cfg, a.model.monitor_config(), a.model.period_ms),
         aggregator,
+        window_stream: a.model.window_stream(),
         shared,
         forecasts_tx: f_tx,
         commands: cmd_rx,
@@ -470,8 +471,9 @@ async fn periods_from_topic(
     })
     .await??;
     let decoder = Decoder::<KpiWindow>::new(schema_registry.connect()?);
-    let mut agg = Aggregator::new(model.period_ms, model.window_size_ms, model.products)
-        .map_err(|e| anyhow::anyhow!(e))?;
+    let mut agg = model.aggregator()?;
+    let stream = model.window_stream();
+    let mut watermarks = cartstream_kafka::control::EndMarks::default();
     let mut bad = 0usize;
     let mut partitions = std::collections::HashSet::new();
     for m in &records {
@@ -489,6 +491,10 @@ async fn periods_from_topic(
                 if mark.is_end_of_input() {
                     if let Some(end) = marks.observe(&topic, m.partition(), &mark) {
                         agg.end_of_input(m.partition(), end);
+                    }
+                } else if cartstream_kafka::control::stream_of(m).as_deref() == Some(&stream) {
+                    if let Some(before) = watermarks.observe(&topic, m.partition(), &mark) {
+                        agg.watermark_mark(m.partition(), before);
                     }
                 }
                 continue;

@@ -61,13 +61,16 @@ impl Accepted {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, Copy)]
 struct PartitionProgress {
     max_start: Option<i64>,
     at_end: bool,
     /// End of input declared for this partition: no event before this time will come
     /// (`i64::MAX`: nothing at all).
     end: Option<i64>,
+    /// With the marks clock: the lowest window start still to come, from the windower's
+    /// watermark records combined over its writers (`None` until every writer has sent one).
+    marked: Option<i64>,
 }
 
 impl PartitionProgress {
@@ -94,6 +97,19 @@ impl PartitionProgress {
             (a, b) => a.or(b),
         }
     }
+
+    /// The same with the marks clock: the watermark records say what is complete (the newest
+    /// window seen says nothing when several writers share the partition).
+    fn bound_by_marks(&self, window_size_ms: i64) -> Option<i64> {
+        let ended = PartitionProgress {
+            max_start: None,
+            ..*self
+        };
+        match (self.marked, self.end.and(ended.bound(window_size_ms))) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
+    }
 }
 
 /// Open periods being filled.
@@ -107,6 +123,9 @@ pub struct Aggregator {
     partitions: HashMap<i32, PartitionProgress>,
     /// Periods below this index are closed.
     closed_below: Option<i64>,
+    /// Close periods by the windower's watermark records, not by the windows seen
+    /// ([`Aggregator::use_marks`]).
+    marks: bool,
 }
 
 impl Aggregator {
@@ -124,11 +143,36 @@ impl Aggregator {
             open: BTreeMap::new(),
             partitions: HashMap::new(),
             closed_below: None,
+            marks: false,
         })
     }
 
     pub fn period_ms(&self) -> i64 {
         self.period_ms
+    }
+
+    /// The marks clock: a period closes once every partition's watermark records (the
+    /// windower's, combined over its writers by the caller) or end-of-input marks have passed
+    /// it. Each kpi.windows partition is written by every windower merge partition, so its
+    /// newest window says nothing about a writer that is behind: closing by the windows seen
+    /// turns that writer's windows into late ones. Without it (`false`, the default), the
+    /// windows seen and the partitions' ends close periods, for a topic written without
+    /// watermark records.
+    pub fn use_marks(&mut self, marks: bool) {
+        self.marks = marks;
+    }
+
+    /// A combined watermark for `partition` (marks clock): every window starting before
+    /// `before` has been written to it. Only moves forward.
+    pub fn watermark_mark(&mut self, partition: i32, before: i64) {
+        let size = self.window_size_ms;
+        // the first window start at or after `before`
+        let next = before
+            .div_euclid(size)
+            .saturating_mul(size)
+            .saturating_add(if before.rem_euclid(size) > 0 { size } else { 0 });
+        let p = self.partitions.entry(partition).or_default();
+        p.marked = Some(p.marked.map_or(next, |m| m.max(next)));
     }
 
     /// Takes one record read from `partition`.
@@ -245,6 +289,14 @@ impl Aggregator {
     /// or ended by a mark) do the ends count: periods up to the newest window seen close (that
     /// one may still be incomplete), bounded by the marks.
     fn watermark(&self) -> Option<i64> {
+        if self.marks {
+            let mut low: Option<i64> = None;
+            for p in self.partitions.values() {
+                let b = p.bound_by_marks(self.window_size_ms)?;
+                low = Some(low.map_or(b, |l| l.min(b)));
+            }
+            return low;
+        }
         let mut bounds = Vec::new();
         let mut busy = false;
         let mut unknown = false;
@@ -286,6 +338,9 @@ impl Aggregator {
     /// the caller should check first that none has records again
     /// ([`Aggregator::partition_busy`]).
     pub fn relies_on_ends(&self) -> bool {
+        if self.marks {
+            return false;
+        }
         let reading = self
             .partitions
             .values()
@@ -609,6 +664,42 @@ mod tests {
             a.accept(0, &window(Dimension::Category, "a", 0, 60_000, 2)),
             Accepted::Used
         );
+    }
+
+    #[test]
+    fn with_the_marks_clock_a_writer_behind_loses_no_window() {
+        // One kpi.windows partition, two windower writers: A is at period 2 while B still
+        // writes period 0. By the windows seen, period 0 and 1 would close and B's window be
+        // late; by the marks, nothing closes until both writers' marks pass.
+        const P: i64 = 3_600_000;
+        let mut by_windows = Aggregator::new(P, 60_000, false).unwrap();
+        let mut by_marks = Aggregator::new(P, 60_000, false).unwrap();
+        by_marks.use_marks(true);
+        for a in [&mut by_windows, &mut by_marks] {
+            a.expect_partitions(&[0]);
+            a.accept(0, &window(Dimension::Category, "a", 2 * P, 60_000, 1));
+            a.partition_at_end(0);
+        }
+        // the windows rule closes periods 0 and 1 (empty so far)
+        assert!(by_windows.drain_closed().is_empty());
+        assert!(
+            by_marks.drain_closed().is_empty(),
+            "no mark yet: nothing closes"
+        );
+        let late = window(Dimension::Category, "b", 0, 60_000, 3);
+        assert_eq!(by_windows.accept(0, &late), Accepted::Late);
+        assert_eq!(by_marks.accept(0, &late), Accepted::Used);
+        // the combined mark (the lowest writer's) passes period 0 only
+        by_marks.watermark_mark(0, P + 60_000);
+        let closed = by_marks.drain_closed();
+        assert_eq!(closed.iter().map(|c| c.0).collect::<Vec<_>>(), vec![0]);
+        assert_eq!(closed[0].1["category/b"].purchases, 3.0);
+        // marks only move forward; an end-of-input mark closes the rest
+        by_marks.watermark_mark(0, 0);
+        assert!(by_marks.drain_closed().is_empty());
+        by_marks.end_of_input(0, i64::MAX);
+        let closed = by_marks.drain_closed();
+        assert_eq!(closed.iter().map(|c| c.0).collect::<Vec<_>>(), vec![2]);
     }
 
     #[test]

@@ -41,6 +41,13 @@ use crate::series::{Accepted, Aggregator};
 use crate::telemetry as tm;
 
 /// Training and monitoring settings (shared by `run` and `train`).
+/// What closes a period of the history ([`ModelArgs::window_clock`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WindowClock {
+    Marks,
+    Windows,
+}
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct ModelArgs {
     /// Base period in ms: history, features and forecasts are per period (3600000 = hourly;
@@ -52,6 +59,12 @@ pub struct ModelArgs {
     /// twice.
     #[arg(long, env = "MODEL_WINDOW_SIZE_MS", default_value_t = 60_000)]
     pub window_size_ms: i64,
+    /// What closes a period: the windower's watermark records on kpi.windows (`marks`: every
+    /// writer of a partition has passed it; exact whatever the speed and skew of the writers),
+    /// or the windows seen and the partitions' ends (`windows`: for a kpi.windows topic written
+    /// without watermark records). End-of-input marks close periods in both.
+    #[arg(long, env = "MODEL_WINDOW_CLOCK", value_enum, default_value_t = WindowClock::Marks)]
+    pub window_clock: WindowClock,
     /// Also forecast product series (served by the API, not exported as gauges).
     #[arg(long, env = "MODEL_PRODUCTS")]
     pub products: bool,
@@ -110,6 +123,19 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
+    /// The period aggregator these settings describe (period, window size, clock).
+    pub fn aggregator(&self) -> anyhow::Result<Aggregator> {
+        let mut a = Aggregator::new(self.period_ms, self.window_size_ms, self.products)
+            .map_err(|e| anyhow::anyhow!("--window-size-ms / --period-ms: {e}"))?;
+        a.use_marks(self.window_clock == WindowClock::Marks);
+        Ok(a)
+    }
+
+    /// The stream name of the windows read, as the windower's watermark records name it.
+    pub fn window_stream(&self) -> String {
+        cartstream_kafka::control::window_stream(self.window_size_ms, self.window_size_ms)
+    }
+
     pub fn train_config(&self) -> anyhow::Result<TrainConfig> {
         if !(1..=MAX_HORIZON).contains(&self.horizon) {
             anyhow::bail!(
@@ -259,6 +285,8 @@ pub struct EngineLoop {
     pub decoder: Decoder<KpiWindow>,
     pub engine: Engine,
     pub aggregator: Aggregator,
+    /// The stream named by the watermark records of the windows read ([`ModelArgs::window_stream`]).
+    pub window_stream: String,
     pub shared: Arc<Shared>,
     pub forecasts_tx: watch::Sender<Option<Arc<ForecastSet>>>,
     pub commands: mpsc::Receiver<Command>,
@@ -266,7 +294,8 @@ pub struct EngineLoop {
     pub health: Health,
     pub handle: tokio::runtime::Handle,
     pub gauge_series_max: usize,
-    /// Caught up = no unread record on any partition, and none read, for this long.
+    /// Caught up = every partition keeps reaching its end; a partition that does not for this
+    /// long reads a backlog ([`crate::schedule::CatchUp`]).
     pub idle_timeout: Duration,
 }
 
@@ -525,6 +554,7 @@ impl EngineLoop {
         tracing::info!(topic = %self.topic, partitions = partitions.len(), idle_timeout_ms = self.idle_timeout.as_millis() as u64, "replaying kpi windows from the beginning");
         let mut at_end: HashSet<i32> = HashSet::new();
         let mut marks = cartstream_kafka::control::EndMarks::default();
+        let mut watermarks = cartstream_kafka::control::EndMarks::default();
         let mut follow = CatchUp::new(&partitions, self.idle_timeout);
         let mut was_caught_up = false;
         while !self.shutdown.is_triggered() {
@@ -541,6 +571,12 @@ impl EngineLoop {
                                 if let Some(end) = marks.observe(&self.topic, p, &mark) {
                                     self.aggregator.end_of_input(p, end);
                                     tracing::info!(partition = p, end = %cartstream_kafka::control::format_watermark(end), "end of input");
+                                }
+                            } else if cartstream_kafka::control::stream_of(&m).as_deref()
+                                == Some(self.window_stream.as_str())
+                            {
+                                if let Some(before) = watermarks.observe(&self.topic, p, &mark) {
+                                    self.aggregator.watermark_mark(p, before);
                                 }
                             }
                         }

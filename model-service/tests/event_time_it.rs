@@ -64,7 +64,9 @@ fn base_env(cmd: &mut Command, prefix: &str, store: &str) {
         .env("SCHEMA_REGISTRY_URL", kit::registry_url())
         .env("TOPIC_PREFIX", prefix)
         .env("MODEL_STORE_URL", store)
-        .env("MODEL_WINDOW_SIZE_MS", PERIOD_MS.to_string());
+        .env("MODEL_WINDOW_SIZE_MS", PERIOD_MS.to_string())
+        // windows written here directly, without the windower's watermark records
+        .env("MODEL_WINDOW_CLOCK", "windows");
 }
 
 fn start(prefix: &str, store: &str, retrain_cooldown_secs: u64) -> Service {

@@ -68,6 +68,8 @@ fn start(prefix: &str, keyspace: &str, store: &str) -> Service {
         .env("HTTP_ADDR", format!("127.0.0.1:{ap}"))
         .env("MODEL_STORE_URL", store)
         .env("MODEL_WINDOW_SIZE_MS", PERIOD_MS.to_string())
+        // windows written here directly, without the windower's watermark records
+        .env("MODEL_WINDOW_CLOCK", "windows")
         .env("MODEL_HOLDOUT_PERIODS", "24")
         .env("MODEL_TRAIN_WINDOW_PERIODS", "168")
         .env("MODEL_ERROR_THRESHOLD", ERROR_THRESHOLD.to_string())
@@ -409,6 +411,8 @@ async fn demand_shift_triggers_retrain_promotion_and_recovery() {
         .env("TOPIC_PREFIX", &prefix)
         .env("MODEL_STORE_URL", &store)
         .env("MODEL_WINDOW_SIZE_MS", PERIOD_MS.to_string())
+        // windows written here directly, without the windower's watermark records
+        .env("MODEL_WINDOW_CLOCK", "windows")
         .env("MODEL_HOLDOUT_PERIODS", "24")
         .env("MODEL_TRAIN_WINDOW_PERIODS", "168")
         .output()

@@ -59,7 +59,7 @@ fn dim_code(d: Dimension) -> u8 {
 /// Name of the stream of final windows of one spec, in the watermark records the windower
 /// writes to `kpi.windows` (`cartstream_kafka::control::STREAM_HEADER`): `window/<size>/<slide>`.
 pub fn window_stream(size_ms: i64, slide_ms: i64) -> String {
-    format!("window/{size_ms}/{slide_ms}")
+    cartstream_kafka::control::window_stream(size_ms, slide_ms)
 }
 
 pub fn dimension_name(d: Dimension) -> &'static str {

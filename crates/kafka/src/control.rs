@@ -226,6 +226,12 @@ pub fn owned_headers(mark: &Mark) -> OwnedHeaders {
     owned_headers_of_stream(mark, None)
 }
 
+/// The stream name of tumbling or hopping windows of `size_ms` every `slide_ms`, as the
+/// windower names its watermark records ([`STREAM_HEADER`]) and its readers look for them.
+pub fn window_stream(size_ms: i64, slide_ms: i64) -> String {
+    format!("window/{size_ms}/{slide_ms}")
+}
+
 /// `mark`'s headers, naming `stream` ([`STREAM_HEADER`]) when given.
 pub fn owned_headers_of_stream(mark: &Mark, stream: Option<&str>) -> OwnedHeaders {
     let mut h = OwnedHeaders::new_with_capacity(5);

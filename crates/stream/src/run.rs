@@ -1071,8 +1071,20 @@ async fn process_batch<P: Processor>(
             send(producer, rec).map_err(|e| retry(e, "forwarding a control record"))?;
         }
     }
+    // A dead letter goes to the dead-letter partition of its source partition (modulo), not by
+    // its key: then the dead letters of one input partition keep that partition's order in one
+    // dead-letter partition, in every run and replay (a record without a key would otherwise
+    // land on a random partition), so what reads them in order (the quality gates) judges a
+    // replay as the original.
+    let dlq_partitions = if out.dead.is_empty() {
+        1
+    } else {
+        topic_partitions(producer, partition_counts, dlq_topic)?.max(1)
+    };
     for (d, (payload, headers)) in out.dead.iter().zip(&dead_payloads) {
-        let mut rec = BaseRecord::<[u8], [u8]>::to(dlq_topic).payload(payload.as_slice());
+        let mut rec = BaseRecord::<[u8], [u8]>::to(dlq_topic)
+            .payload(payload.as_slice())
+            .partition(d.source_partition.rem_euclid(dlq_partitions));
         if let Some(k) = d.key.as_deref() {
             rec = rec.key(k);
         }
