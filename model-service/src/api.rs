@@ -20,8 +20,9 @@
 //!
 //! Errors are JSON `{"error": "..."}`: 400 for a bad query (unknown parameter, both or neither of
 //! category/product, a value over 256 bytes, horizon outside `1..=horizon`), 404 for an unknown
-//! series, 503 before a model is in service, 409 when a rollback has nowhere to go, 413/414 for
-//! oversized bodies or query strings.
+//! series, 503 before a day of history is read, 409 when a rollback has nowhere to go, 413/414
+//! for oversized bodies or query strings. Until a model is promoted, forecasts are the moving
+//! average's (`model_version` `baseline-moving-average`).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -298,7 +299,7 @@ fn forecast_inner(
     let Some(set) = shared.forecasts() else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
-            "no model in service yet (not enough history, or still replaying)",
+            "no forecast yet (less than a day of history read)",
         );
     };
     let horizon = q.horizon.unwrap_or(set.horizon);

@@ -88,6 +88,10 @@ pub struct ForecastPoint {
 }
 
 /// The champion's forecasts of every series from the newest origin.
+/// The `model_version` of the forecasts served before any model is promoted
+/// (the moving-average baseline).
+pub const BASELINE_VERSION: &str = "baseline-moving-average";
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ForecastSet {
     pub model_version: String,
@@ -354,7 +358,7 @@ impl Engine {
     fn refresh_forecasts(&mut self) {
         self.pending.clear();
         let Some(c) = &self.champion else {
-            self.forecasts = None;
+            self.forecasts = self.baseline_forecasts();
             return;
         };
         if self.history.len == 0 {
@@ -394,6 +398,53 @@ impl Engine {
             horizon: c.model.horizon,
             series,
         }));
+    }
+
+    /// Before any model is promoted (none trained yet, or none beat the baselines): the
+    /// moving-average baseline's forecasts, so the API answers with the best a model has to
+    /// beat rather than nothing (`model_version` [`BASELINE_VERSION`]). The interval is the
+    /// window's mean +- 1.96 standard deviations, at least 0. Not scored as live accuracy.
+    fn baseline_forecasts(&self) -> Option<Arc<ForecastSet>> {
+        use crate::baselines::{moving_average, MOVING_AVERAGE};
+        if self.history.len < MOVING_AVERAGE {
+            return None;
+        }
+        let t = self.history.len - 1;
+        let t_idx = self.history.index_of(t);
+        let period_ms = self.history.period_ms;
+        let horizon = self.train.horizon;
+        let band = |y: &[f64]| -> Option<(f64, f64, f64)> {
+            let m = moving_average(y, t)?;
+            let w = &y[t + 1 - MOVING_AVERAGE..=t];
+            let var = w.iter().map(|v| (v - m).powi(2)).sum::<f64>() / MOVING_AVERAGE as f64;
+            let half = 1.96 * var.sqrt();
+            Some((m, (m - half).max(0.0), m + half))
+        };
+        let mut series = HashMap::with_capacity(self.history.series.len());
+        for (key, s) in &self.history.series {
+            let (Some(p), Some(r)) = (band(&s.purchases), band(&s.revenue)) else {
+                continue;
+            };
+            let points = (0..horizon)
+                .map(|i| ForecastPoint {
+                    period_start_ms: (t_idx + 1 + i as i64) * period_ms,
+                    purchases: p.0,
+                    purchases_lower: p.1,
+                    purchases_upper: p.2,
+                    revenue: r.0,
+                    revenue_lower: r.1,
+                    revenue_upper: r.2,
+                })
+                .collect();
+            series.insert(key.clone(), points);
+        }
+        Some(Arc::new(ForecastSet {
+            model_version: BASELINE_VERSION.to_string(),
+            from_ms: (t_idx + 1) * period_ms,
+            period_ms,
+            horizon,
+            series,
+        }))
     }
 
     /// Trains a challenger on the history and decides whether it replaces the champion.
@@ -712,6 +763,46 @@ mod tests {
         assert_eq!(e.due(true), Some(crate::schedule::INITIAL));
         let c = e.retrain(crate::schedule::INITIAL, 0).unwrap();
         assert_eq!(c.meta.training_to_ms, end * 3_600_000);
+    }
+
+    /// Before a model is promoted the moving average is served (after a day of history), and
+    /// the champion's forecasts replace it once one is installed.
+    #[test]
+    fn the_moving_average_is_served_until_a_model_is_promoted() {
+        let (train, cfg) = scenario_config();
+        let synth = Synth::new(2, 9);
+        let mut e = Engine::new(train.clone(), cfg, 3_600_000);
+        let start = 24 * 1000;
+        for idx in start..start + 23 {
+            e.close_period(idx, &synth.period(idx));
+        }
+        assert!(
+            e.forecasts().is_none(),
+            "no forecast before a day of history"
+        );
+        for idx in start + 23..start + 24 * 30 {
+            e.close_period(idx, &synth.period(idx));
+        }
+        let f = e.forecasts().expect("the baseline is served");
+        assert_eq!(f.model_version, BASELINE_VERSION);
+        assert_eq!(f.horizon, train.horizon);
+        let t = e.history().len - 1;
+        for (key, points) in &f.series {
+            let s = &e.history().series[key];
+            let want = crate::baselines::moving_average(&s.purchases, t).unwrap();
+            assert_eq!(points.len(), train.horizon);
+            for p in points {
+                assert!((p.purchases - want).abs() < 1e-9, "{key}: {p:?}");
+                assert!(p.purchases_lower <= p.purchases && p.purchases <= p.purchases_upper);
+                assert!(p.purchases_lower >= 0.0 && p.revenue_lower >= 0.0);
+            }
+        }
+        let c = e.retrain(crate::schedule::INITIAL, 0).unwrap();
+        e.install(Champion {
+            model: Arc::new(c.model),
+            meta: c.meta.clone(),
+        });
+        assert_eq!(e.forecasts().unwrap().model_version, c.meta.version);
     }
 
     fn eval_with(p: (f64, f64, f64), r: (f64, f64, f64)) -> Evaluation {
