@@ -396,6 +396,11 @@ impl EngineLoop {
             "challenger evaluated"
         );
         let meta = cand.meta.clone();
+        if !cand.promote && self.shared.champion().is_none() {
+            // No champion: the baselines (the moving average is what is served) at this
+            // evaluation, so the hold-out panel shows what a model has to beat.
+            tm::export_baselines(&meta);
+        }
         if cand.promote {
             self.install(cand.model, cand.meta);
         }

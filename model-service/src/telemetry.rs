@@ -225,15 +225,31 @@ pub fn export_champion(meta: &Metadata) {
         ("revenue", &meta.holdout.revenue),
     ] {
         HOLDOUT.with_label_values(&[t, "champion"]).set(e.mae);
+    }
+    export_baselines(meta);
+    for (t, e) in [
+        ("purchases", &meta.holdout.purchases),
+        ("revenue", &meta.holdout.revenue),
+    ] {
+        set_opt(
+            &HOLDOUT_RELATIVE.with_label_values(&[t]),
+            e.relative_to_seasonal_naive,
+        );
+    }
+}
+
+/// Exports the baselines' hold-out MAE of an evaluation (the champion's, or the latest
+/// challenger's while there is no champion).
+pub fn export_baselines(meta: &Metadata) {
+    for (t, e) in [
+        ("purchases", &meta.holdout.purchases),
+        ("revenue", &meta.holdout.revenue),
+    ] {
         HOLDOUT
             .with_label_values(&[t, "seasonal_naive"])
             .set(e.seasonal_naive_mae);
         HOLDOUT
             .with_label_values(&[t, "moving_average"])
             .set(e.moving_average_mae);
-        set_opt(
-            &HOLDOUT_RELATIVE.with_label_values(&[t]),
-            e.relative_to_seasonal_naive,
-        );
     }
 }
