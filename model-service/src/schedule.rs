@@ -117,6 +117,8 @@ pub fn due(s: &State, p: &Policy) -> Option<&'static str> {
 pub struct CatchUp {
     partitions: Vec<i32>,
     idle: Duration,
+    /// Partitions with nothing fetched since they last reached their end.
+    at_end: HashSet<i32>,
     last_end: HashMap<i32, Instant>,
     current_since: Option<Instant>,
     last_check: Option<Instant>,
@@ -128,6 +130,7 @@ impl CatchUp {
         Self {
             partitions: partitions.to_vec(),
             idle,
+            at_end: HashSet::new(),
             last_end: HashMap::new(),
             current_since: None,
             last_check: None,
@@ -137,13 +140,24 @@ impl CatchUp {
 
     /// Partition `p` reached its end (the consumer's end-of-partition event).
     pub fn reached_end(&mut self, p: i32, now: Instant) {
+        self.at_end.insert(p);
         self.last_end.insert(p, now);
     }
 
-    /// Re-judges after a poll; `at_end` holds the partitions with nothing fetched since their end.
-    pub fn update(&mut self, at_end: &HashSet<i32>, now: Instant) {
+    /// A record of partition `p` was read: it is no longer at its end.
+    pub fn read(&mut self, p: i32) {
+        self.at_end.remove(&p);
+    }
+
+    /// True when every partition is at its end right now.
+    pub fn all_at_end(&self) -> bool {
+        self.partitions.iter().all(|p| self.at_end.contains(p))
+    }
+
+    /// Re-judges after a poll.
+    pub fn update(&mut self, now: Instant) {
         let current = self.partitions.iter().all(|p| {
-            at_end.contains(p)
+            self.at_end.contains(p)
                 || self
                     .last_end
                     .get(p)
@@ -159,9 +173,9 @@ impl CatchUp {
 
     /// True when the broker should be asked now: every partition current for `idle` and all at
     /// their end, not yet confirmed, and no check in the last `idle`.
-    pub fn wants_check(&self, at_end: &HashSet<i32>, now: Instant) -> bool {
+    pub fn wants_check(&self, now: Instant) -> bool {
         !self.confirmed
-            && self.partitions.iter().all(|p| at_end.contains(p))
+            && self.all_at_end()
             && self
                 .current_since
                 .is_some_and(|s| now.saturating_duration_since(s) >= self.idle)
@@ -202,6 +216,7 @@ mod tests {
             let now = t0 + Duration::from_millis(10 * u64::from(step));
             for p in fetch(step) {
                 at_end.remove(&p);
+                c.read(p);
             }
             for p in 0..3 {
                 if !at_end.contains(&p) && !backlog(step, p) {
@@ -211,8 +226,8 @@ mod tests {
             }
             // the broker agrees whenever all are at their end
             let all = at_end.len() == 3;
-            c.update(&at_end, now);
-            if c.wants_check(&at_end, now) {
+            c.update(now);
+            if c.wants_check(now) {
                 c.checked(all, now);
             }
             out.push(c.caught_up());
@@ -254,16 +269,15 @@ mod tests {
         let t0 = Instant::now();
         let ms = |n| t0 + Duration::from_millis(n);
         let mut c = CatchUp::new(&[0], Duration::from_millis(100));
-        let at_end: HashSet<i32> = [0].into();
         c.reached_end(0, ms(0));
-        c.update(&at_end, ms(0));
-        assert!(!c.wants_check(&at_end, ms(50)));
-        c.update(&at_end, ms(100));
-        assert!(c.wants_check(&at_end, ms(100)));
+        c.update(ms(0));
+        assert!(!c.wants_check(ms(50)));
+        c.update(ms(100));
+        assert!(c.wants_check(ms(100)));
         c.checked(false, ms(100));
         assert!(!c.caught_up());
-        assert!(!c.wants_check(&at_end, ms(150)), "not again at once");
-        assert!(c.wants_check(&at_end, ms(200)));
+        assert!(!c.wants_check(ms(150)), "not again at once");
+        assert!(c.wants_check(ms(200)));
         c.checked(true, ms(200));
         assert!(c.caught_up());
     }

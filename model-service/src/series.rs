@@ -61,7 +61,7 @@ impl Accepted {
     }
 }
 
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default)]
 struct PartitionProgress {
     max_start: Option<i64>,
     at_end: bool,
@@ -74,11 +74,10 @@ struct PartitionProgress {
 }
 
 impl PartitionProgress {
-    /// The lowest window start this partition may still deliver, when known: a partition
-    /// delivers its windows in order, and after an end-of-input mark at `T` only windows ending
-    /// after `T` can come.
-    fn bound(&self, window_size_ms: i64) -> Option<i64> {
-        let by_mark = self.end.map(|t| {
+    /// The lowest window start an end-of-input mark still allows: after a mark at `T` only
+    /// windows ending after `T` can come.
+    fn end_bound(&self, window_size_ms: i64) -> Option<i64> {
+        self.end.map(|t| {
             if t == i64::MAX {
                 i64::MAX
             } else {
@@ -91,21 +90,16 @@ impl PartitionProgress {
                         0
                     }
             }
-        });
-        match (self.max_start, by_mark) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
-        }
+        })
     }
 
-    /// The same with the marks clock: the watermark records say what is complete (the newest
-    /// window seen says nothing when several writers share the partition).
-    fn bound_by_marks(&self, window_size_ms: i64) -> Option<i64> {
-        let ended = PartitionProgress {
-            max_start: None,
-            ..*self
-        };
-        match (self.marked, self.end.and(ended.bound(window_size_ms))) {
+    /// The lowest window start this partition may still deliver, when known: by the windows
+    /// seen (a partition delivers its windows in order) or, with the marks clock, by the
+    /// watermark records (the windows seen say nothing when several writers share the
+    /// partition); an end-of-input mark raises it.
+    fn bound(&self, window_size_ms: i64, marks: bool) -> Option<i64> {
+        let seen = if marks { self.marked } else { self.max_start };
+        match (seen, self.end_bound(window_size_ms)) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
         }
@@ -290,12 +284,14 @@ impl Aggregator {
     /// one may still be incomplete), bounded by the marks.
     fn watermark(&self) -> Option<i64> {
         if self.marks {
-            let mut low: Option<i64> = None;
-            for p in self.partitions.values() {
-                let b = p.bound_by_marks(self.window_size_ms)?;
-                low = Some(low.map_or(b, |l| l.min(b)));
-            }
-            return low;
+            // every partition must have a bound; the lowest of them
+            return self
+                .partitions
+                .values()
+                .map(|p| p.bound(self.window_size_ms, true))
+                .collect::<Option<Vec<i64>>>()?
+                .into_iter()
+                .min();
         }
         let mut bounds = Vec::new();
         let mut busy = false;
@@ -303,7 +299,7 @@ impl Aggregator {
         let mut newest_at_end: Option<i64> = None;
         for p in self.partitions.values() {
             if p.end.is_some() {
-                bounds.extend(p.bound(self.window_size_ms));
+                bounds.extend(p.bound(self.window_size_ms, false));
                 continue;
             }
             if p.at_end {
@@ -326,7 +322,7 @@ impl Aggregator {
         let marked = self
             .partitions
             .values()
-            .filter_map(|p| p.end.and(p.bound(self.window_size_ms)))
+            .filter_map(|p| p.end.and(p.bound(self.window_size_ms, false)))
             .min();
         match (marked, newest_at_end) {
             (Some(l), Some(n)) => Some(l.min(n)),

@@ -13,7 +13,6 @@
 //! the idle timeout) or every partition declared its end of input; while it reads a backlog it
 //! closes periods and keeps its live figures, but trains nothing.
 
-use std::collections::HashSet;
 use std::sync::mpsc;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -557,7 +556,6 @@ impl EngineLoop {
             .context("creating the end-offset client")?;
         self.aggregator.expect_partitions(&partitions);
         tracing::info!(topic = %self.topic, partitions = partitions.len(), idle_timeout_ms = self.idle_timeout.as_millis() as u64, "replaying kpi windows from the beginning");
-        let mut at_end: HashSet<i32> = HashSet::new();
         let mut marks = cartstream_kafka::control::EndMarks::default();
         let mut watermarks = cartstream_kafka::control::EndMarks::default();
         let mut follow = CatchUp::new(&partitions, self.idle_timeout);
@@ -568,7 +566,7 @@ impl EngineLoop {
                 None => {}
                 Some(Ok(m)) => {
                     let p = m.partition();
-                    at_end.remove(&p);
+                    follow.read(p);
                     match cartstream_kafka::control::control_of(&m) {
                         Ok(Some(mark)) => {
                             tm::INPUT_RECORDS.with_label_values(&["control"]).inc();
@@ -595,7 +593,6 @@ impl EngineLoop {
                 }
                 Some(Err(KafkaError::PartitionEOF(p))) => {
                     self.aggregator.partition_at_end(p);
-                    at_end.insert(p);
                     follow.reached_end(p, Instant::now());
                     self.close_periods(&consumer, &ends);
                 }
@@ -610,8 +607,8 @@ impl EngineLoop {
             // backlog never does, and the broker confirmed it once. Live traffic that never
             // pauses is caught up too.
             let now = Instant::now();
-            follow.update(&at_end, now);
-            if follow.wants_check(&at_end, now) {
+            follow.update(now);
+            if follow.wants_check(now) {
                 let ok = unread_records(&consumer, &ends, &self.topic, &partitions)
                     .iter()
                     .all(|(_, n)| *n == Some(0));
