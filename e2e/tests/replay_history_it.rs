@@ -30,10 +30,10 @@ use std::time::{Duration, Instant};
 
 use cartstream_events::types::{Alert, DeadLetter, Dimension, KpiWindow, Session};
 use cartstream_events::Decoder;
-use cartstream_kafka::{read, Topic, TopicNames};
+use cartstream_kafka::Topic;
 use cartstream_testkit as kit;
 use common::{
-    bin_dir, free_ports, is_quality_alert, lake_records, repo_root, table_rows,
+    bin_dir, free_ports, is_quality_alert, lake_records, repo_root, table_rows, topic_records,
     without_quality_alerts, Generation,
 };
 use rdkafka::Message;
@@ -331,15 +331,8 @@ fn replay(gen: &Generation, file: &Path, speed: &str) {
     assert!(out.status.success(), "replay failed: {out:?}");
 }
 
-/// Every data record of a topic of `gen`'s namespace (control records left out).
 async fn records(gen: &Generation, topic: Topic) -> Vec<rdkafka::message::OwnedMessage> {
-    let config = kit::kafka().consumer("cartstream-e2e-read").unwrap();
-    let name = TopicNames::with_prefix(&gen.prefix).name(topic);
-    tokio::task::spawn_blocking(move || {
-        read::read_to_end(&config, &name, Duration::from_secs(120)).unwrap()
-    })
-    .await
-    .unwrap()
+    topic_records(&gen.prefix, topic).await
 }
 
 /// What a generation derived, emission times aside.

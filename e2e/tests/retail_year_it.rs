@@ -23,46 +23,14 @@ use std::time::{Duration, Instant};
 
 use cartstream_events::types::{DeadLetter, KpiWindow};
 use cartstream_events::Decoder;
-use cartstream_kafka::{read, Topic, TopicNames};
+use cartstream_kafka::Topic;
 use cartstream_testkit as kit;
-use common::{bin_dir, free_ports, repo_root, Generation};
+use common::{bin_dir, free_ports, repo_root, topic_records, Generation};
 use rdkafka::Message;
 use serde_json::Value;
 
 const HOUR: i64 = 3_600_000;
 const DAY: i64 = 24 * HOUR;
-
-async fn records(prefix: &str, topic: Topic) -> Vec<rdkafka::message::OwnedMessage> {
-    let config = kit::kafka().consumer("cartstream-e2e-read").unwrap();
-    let name = TopicNames::with_prefix(prefix).name(topic);
-    tokio::task::spawn_blocking(move || {
-        read::read_to_end(&config, &name, Duration::from_secs(120)).unwrap()
-    })
-    .await
-    .unwrap()
-}
-
-async fn scrape(port: u16) -> HashMap<String, f64> {
-    let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await else {
-        return HashMap::new();
-    };
-    let text = r.text().await.unwrap_or_default();
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((k.to_string(), v.parse().ok()?))
-        })
-        .collect()
-}
-
-/// Sum of every sample of a metric (all labels).
-fn total(m: &HashMap<String, f64>, name: &str) -> f64 {
-    m.iter()
-        .filter(|(k, _)| *k == name || k.starts_with(&format!("{name}{{")))
-        .map(|(_, v)| v)
-        .sum()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retail_year_read_as_a_backlog_closes_everything_with_no_late_event() {
@@ -143,7 +111,7 @@ async fn a_retail_year_read_as_a_backlog_closes_everything_with_no_late_event() 
     // Until the model service has trained on the end of input (or 6 minutes).
     let http = reqwest::Client::new();
     let api = format!("http://127.0.0.1:{}", base + 9);
-    let model_metrics = base + 7;
+    let model_metrics = format!("http://127.0.0.1:{}/metrics", base + 7);
     let deadline = Instant::now() + Duration::from_secs(360);
     let champion = loop {
         let m: Option<Value> = match http.get(format!("{api}/v1/model")).send().await {
@@ -156,7 +124,7 @@ async fn a_retail_year_read_as_a_backlog_closes_everything_with_no_late_event() 
         assert!(
             Instant::now() < deadline,
             "no end-of-input champion after 6 minutes; model service metrics: {:?}\n{}",
-            scrape(model_metrics)
+            kit::scrape_metrics(&model_metrics)
                 .await
                 .into_iter()
                 .filter(|(k, _)| k.starts_with("cartstream_model_"))
@@ -172,11 +140,11 @@ async fn a_retail_year_read_as_a_backlog_closes_everything_with_no_late_event() 
     );
 
     // No late event anywhere.
-    let late = records(&prefix, Topic::Late).await.len();
+    let late = topic_records(&prefix, Topic::Late).await.len();
     assert_eq!(late, 0, "events on the late topic");
     let dd = Decoder::<DeadLetter>::new(kit::registry());
     let mut dead_by_code: HashMap<String, usize> = HashMap::new();
-    for m in records(&prefix, Topic::DeadLetters).await {
+    for m in topic_records(&prefix, Topic::DeadLetters).await {
         let d = dd.decode(m.payload().unwrap()).await.unwrap();
         *dead_by_code.entry(d.error_code).or_default() += 1;
     }
@@ -186,15 +154,16 @@ async fn a_retail_year_read_as_a_backlog_closes_everything_with_no_late_event() 
         "late dead letters: {dead_by_code:?}"
     );
     for (i, stage) in ["windower", "sessionizer", "detector"].iter().enumerate() {
-        let m = scrape(base + 2 + i as u16).await;
+        let m =
+            kit::scrape_metrics(&format!("http://127.0.0.1:{}/metrics", base + 2 + i as u16)).await;
         assert!(!m.is_empty(), "{stage}'s metrics");
         assert_eq!(
-            total(&m, "cartstream_processor_late_events_total"),
+            kit::metric_total(&m, "cartstream_processor_late_events_total"),
             0.0,
             "{stage} counted late events"
         );
     }
-    let mm = scrape(model_metrics).await;
+    let mm = kit::scrape_metrics(&model_metrics).await;
     assert_eq!(
         mm.get("cartstream_model_input_records_total{outcome=\"late\"}")
             .copied()
@@ -207,7 +176,7 @@ async fn a_retail_year_read_as_a_backlog_closes_everything_with_no_late_event() 
     let kd = Decoder::<KpiWindow>::new(kit::registry());
     let mut starts = BTreeSet::new();
     let mut keys = BTreeSet::new();
-    for m in records(&prefix, Topic::KpiWindows).await {
+    for m in topic_records(&prefix, Topic::KpiWindows).await {
         let w = kd.decode(m.payload().unwrap()).await.unwrap();
         assert!(w.is_final, "an early result in kpi.windows");
         assert_eq!(w.window_size_ms, HOUR);
@@ -227,7 +196,7 @@ async fn a_retail_year_read_as_a_backlog_closes_everything_with_no_late_event() 
         Some(last - last.rem_euclid(HOUR)),
         "the last event's hour is closed by the end of input"
     );
-    let sessions = records(&prefix, Topic::Sessions).await.len();
+    let sessions = topic_records(&prefix, Topic::Sessions).await.len();
     let want_sessions = truth["sessions"]["total"].as_u64();
     println!(
         "{} events, {} hourly windows over {} hours, {sessions} sessions closed (ground truth {want_sessions:?})",

@@ -18,9 +18,10 @@
 
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
+mod common;
+
 use std::collections::HashMap;
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cartstream_events::types::KpiWindow;
@@ -28,7 +29,8 @@ use cartstream_events::Encoder;
 use cartstream_kafka::{Topic, TopicNames};
 use cartstream_model_service::synth::Synth;
 use cartstream_testkit as kit;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use common::{send_periods, wait_for, Service};
+use rdkafka::producer::FutureProducer;
 use serde_json::Value;
 
 const PERIOD_MS: i64 = 3_600_000;
@@ -36,28 +38,6 @@ const START: i64 = 24 * 3000;
 const PERIODS: i64 = 24 * 120;
 const END: i64 = START + PERIODS;
 const TOKEN: &str = "it-token-7d1f9c0e5b";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Service {
-    child: Child,
-    metrics: String,
-    api: String,
-    log: std::path::PathBuf,
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn base_env(cmd: &mut Command, prefix: &str, store: &str) {
     cmd.env("KAFKA_BROKERS", kit::brokers())
@@ -70,7 +50,7 @@ fn base_env(cmd: &mut Command, prefix: &str, store: &str) {
 }
 
 fn start(prefix: &str, store: &str, retrain_cooldown_secs: u64) -> Service {
-    let (mp, ap) = (free_port(), free_port());
+    let (mp, ap) = (kit::free_port(), kit::free_port());
     let log = std::env::temp_dir().join(format!("{prefix}-service.log"));
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cartstream-model-service"));
     cmd.arg("run");
@@ -94,94 +74,17 @@ fn start(prefix: &str, store: &str, retrain_cooldown_secs: u64) -> Service {
         child,
         metrics: format!("http://127.0.0.1:{mp}/metrics"),
         api: format!("http://127.0.0.1:{ap}"),
-        log,
+        log: Some(log),
     }
-}
-
-async fn scrape(url: &str) -> HashMap<String, f64> {
-    let Ok(r) = reqwest::get(url).await else {
-        return HashMap::new();
-    };
-    let text = r.text().await.unwrap_or_default();
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((k.to_string(), v.parse().ok()?))
-        })
-        .collect()
 }
 
 fn get(m: &HashMap<String, f64>, key: &str) -> f64 {
     m.get(key).copied().unwrap_or(0.0)
 }
 
-/// Sum of a counter over its labels.
-fn total(m: &HashMap<String, f64>, name: &str) -> f64 {
-    m.iter()
-        .filter(|(k, _)| k.starts_with(&format!("{name}{{")))
-        .map(|(_, v)| v)
-        .sum()
-}
-
 const CLOSED: &str = "cartstream_model_periods_closed_total";
 const RETRAINS: &str = "cartstream_model_retrains_total";
 const LATE: &str = "cartstream_model_input_records_total{outcome=\"late\"}";
-
-async fn wait_for(
-    svc: &mut Service,
-    what: &str,
-    timeout: Duration,
-    ok: impl Fn(&HashMap<String, f64>) -> bool,
-) -> HashMap<String, f64> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = svc.child.try_wait().unwrap() {
-            panic!("the service exited ({status}) while waiting for {what}");
-        }
-        let m = scrape(&svc.metrics).await;
-        if ok(&m) {
-            return m;
-        }
-        if Instant::now() > deadline {
-            let interesting: Vec<_> = m
-                .iter()
-                .filter(|(k, _)| k.starts_with("cartstream_model_") && !k.contains("bucket"))
-                .collect();
-            panic!("timed out waiting for {what}; metrics: {interesting:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Writes the windows of `periods` as fast as the producer takes them.
-async fn send_periods(
-    producer: &FutureProducer,
-    topic: &str,
-    enc: &Encoder<KpiWindow>,
-    synth: &Synth,
-    periods: std::ops::Range<i64>,
-) {
-    let mut records = Vec::new();
-    for idx in periods {
-        for w in synth.windows(PERIOD_MS, idx) {
-            let key = format!("category/{}/{}", w.dimension_value, w.window_start);
-            records.push((key, enc.encode(&w).unwrap()));
-        }
-    }
-    for chunk in records.chunks(2000) {
-        let sends = chunk.iter().map(|(k, p)| {
-            producer.send(
-                FutureRecord::to(topic).key(k).payload(p),
-                Duration::from_secs(30),
-            )
-        });
-        for r in futures::future::join_all(sends).await {
-            r.map_err(|(e, _)| e).unwrap();
-        }
-    }
-    producer.flush(Duration::from_secs(30)).unwrap();
-}
 
 async fn champion(http: &reqwest::Client, svc: &Service) -> Value {
     http.get(format!("{}/v1/model", svc.api))
@@ -216,7 +119,7 @@ fn figures(meta: &Value) -> (&Value, i64) {
 }
 
 fn evaluations(svc: &Service) -> usize {
-    std::fs::read_to_string(&svc.log)
+    std::fs::read_to_string(svc.log.as_ref().unwrap())
         .unwrap()
         .matches("challenger evaluated")
         .count()
@@ -241,7 +144,7 @@ async fn backlog_end_of_input_and_paced_replay_give_the_batch_champion() {
         .await
         .unwrap();
     let t0 = Instant::now();
-    send_periods(&producer, &topic, &enc, &synth, START..END).await;
+    send_periods(&producer, &topic, &enc, &synth, PERIOD_MS, START..END).await;
     eprintln!(
         "{} periods x 5 categories written in {:.1} s",
         PERIODS,
@@ -267,14 +170,14 @@ async fn backlog_end_of_input_and_paced_replay_give_the_batch_champion() {
     );
     // a moment for anything that would follow
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let m2 = scrape(&svc.metrics).await;
+    let m2 = kit::scrape_metrics(&svc.metrics).await;
     assert_eq!(
         get(&m, CLOSED),
         (PERIODS - 1) as f64,
         "the newest period stays open"
     );
     assert_eq!(
-        total(&m2, RETRAINS),
+        kit::metric_total(&m2, RETRAINS),
         1.0,
         "one challenger for the whole backlog"
     );
@@ -313,9 +216,9 @@ async fn backlog_end_of_input_and_paced_replay_give_the_batch_champion() {
     )
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let m = scrape(&svc.metrics).await;
+    let m = kit::scrape_metrics(&svc.metrics).await;
     assert_eq!(get(&m, CLOSED), PERIODS as f64);
-    assert_eq!(total(&m, RETRAINS), 2.0);
+    assert_eq!(kit::metric_total(&m, RETRAINS), 2.0);
     assert_eq!(get(&m, LATE), 0.0);
     let fast = champion(&http, &svc).await;
     let batch_end = batch_train(&prefix, "ended");
@@ -357,7 +260,7 @@ async fn backlog_end_of_input_and_paced_replay_give_the_batch_champion() {
             .unwrap();
         assert_eq!(r.status(), 403, "{route} with a wrong token");
     }
-    let retrains_before = total(&scrape(&svc.metrics).await, RETRAINS);
+    let retrains_before = kit::metric_total(&kit::scrape_metrics(&svc.metrics).await, RETRAINS);
     assert_eq!(retrains_before, 2.0, "refused requests trained nothing");
     let url = format!("{}/v1/retrain", svc.api);
     let r = http.post(&url).bearer_auth(TOKEN).send().await.unwrap();
@@ -370,7 +273,10 @@ async fn backlog_end_of_input_and_paced_replay_give_the_batch_champion() {
         .parse()
         .unwrap();
     assert!((1..=60).contains(&after), "Retry-After {after}");
-    assert_eq!(total(&scrape(&svc.metrics).await, RETRAINS), 3.0);
+    assert_eq!(
+        kit::metric_total(&kit::scrape_metrics(&svc.metrics).await, RETRAINS),
+        3.0
+    );
 
     // 3. Paced: the same history in weekly steps, the service caught up after each.
     let prefix_b = kit::unique("model-et-paced");
@@ -389,7 +295,7 @@ async fn backlog_end_of_input_and_paced_replay_give_the_batch_champion() {
     let mut next = START;
     while next < END {
         let to = (next + 168).min(END);
-        send_periods(&producer, &topic_b, &enc_b, &synth, next..to).await;
+        send_periods(&producer, &topic_b, &enc_b, &synth, PERIOD_MS, next..to).await;
         next = to;
         let step = next;
         wait_for(&mut paced, "a paced step", Duration::from_secs(60), |m| {
@@ -419,7 +325,7 @@ async fn backlog_end_of_input_and_paced_replay_give_the_batch_champion() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let m = scrape(&paced.metrics).await;
+    let m = kit::scrape_metrics(&paced.metrics).await;
     eprintln!(
         "paced: {} challengers evaluated ({:?}), champion {} trained to {}",
         evaluations(&paced),
@@ -430,7 +336,7 @@ async fn backlog_end_of_input_and_paced_replay_give_the_batch_champion() {
         paced_meta["training_to_ms"]
     );
     assert!(
-        total(&m, RETRAINS) >= 2.0,
+        kit::metric_total(&m, RETRAINS) >= 2.0,
         "the paced run retrains on its way"
     );
     assert_eq!(get(&m, LATE), 0.0);
@@ -460,9 +366,10 @@ async fn backlog_end_of_input_and_paced_replay_give_the_batch_champion() {
 
     // The token is in no log line and not in --help.
     for s in [&svc, &paced] {
-        let log = std::fs::read_to_string(&s.log).unwrap();
+        let path = s.log.as_ref().unwrap();
+        let log = std::fs::read_to_string(path).unwrap();
         assert!(log.contains("forecast API listening"));
-        assert!(!log.contains(TOKEN), "the token is in {}", s.log.display());
+        assert!(!log.contains(TOKEN), "the token is in {}", path.display());
     }
     let help = Command::new(env!("CARGO_BIN_EXE_cartstream-model-service"))
         .args(["run", "--help"])
@@ -474,7 +381,9 @@ async fn backlog_end_of_input_and_paced_replay_give_the_batch_champion() {
     assert!(!help.contains(TOKEN), "{help}");
 
     for s in [&svc, &paced] {
-        let _ = std::fs::remove_file(&s.log);
+        if let Some(l) = &s.log {
+            let _ = std::fs::remove_file(l);
+        }
     }
     drop(svc);
     drop(paced);

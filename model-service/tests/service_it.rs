@@ -17,9 +17,10 @@
 
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
+mod common;
+
 use std::collections::HashMap;
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cartstream_events::types::KpiWindow;
@@ -27,36 +28,16 @@ use cartstream_events::Encoder;
 use cartstream_kafka::{Topic, TopicNames};
 use cartstream_model_service::synth::Synth;
 use cartstream_testkit as kit;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use common::{stream_periods, wait_for, Service};
+use rdkafka::producer::FutureProducer;
 
 const PERIOD_MS: i64 = 3_600_000;
 const START: i64 = 24 * 3000;
 const SHIFT_AT: i64 = START + 24 * 21;
 const ERROR_THRESHOLD: f64 = 0.4;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Service {
-    child: Child,
-    metrics: String,
-    api: String,
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn start(prefix: &str, keyspace: &str, store: &str) -> Service {
-    let (mp, ap) = (free_port(), free_port());
+    let (mp, ap) = (kit::free_port(), kit::free_port());
     let child = Command::new(env!("CARGO_BIN_EXE_cartstream-model-service"))
         .arg("run")
         .env("KAFKA_BROKERS", kit::brokers())
@@ -84,75 +65,12 @@ fn start(prefix: &str, keyspace: &str, store: &str) -> Service {
         child,
         metrics: format!("http://127.0.0.1:{mp}/metrics"),
         api: format!("http://127.0.0.1:{ap}"),
+        log: None,
     }
-}
-
-/// Every sample of the text format as `name{labels}` -> value.
-async fn scrape(url: &str) -> HashMap<String, f64> {
-    let Ok(r) = reqwest::get(url).await else {
-        return HashMap::new();
-    };
-    let text = r.text().await.unwrap_or_default();
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((k.to_string(), v.parse().ok()?))
-        })
-        .collect()
 }
 
 fn get(m: &HashMap<String, f64>, key: &str) -> f64 {
     m.get(key).copied().unwrap_or(f64::NAN)
-}
-
-async fn wait_for(
-    svc: &mut Service,
-    what: &str,
-    timeout: Duration,
-    ok: impl Fn(&HashMap<String, f64>) -> bool,
-) -> HashMap<String, f64> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = svc.child.try_wait().unwrap() {
-            panic!("the service exited ({status}) while waiting for {what}");
-        }
-        let m = scrape(&svc.metrics).await;
-        if ok(&m) {
-            return m;
-        }
-        if Instant::now() > deadline {
-            let interesting: Vec<_> = m
-                .iter()
-                .filter(|(k, _)| k.starts_with("cartstream_model_") && !k.contains("bucket"))
-                .collect();
-            panic!("timed out waiting for {what}; metrics: {interesting:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-async fn send_periods(
-    producer: &FutureProducer,
-    topic: &str,
-    enc: &Encoder<KpiWindow>,
-    synth: &Synth,
-    periods: std::ops::Range<i64>,
-) {
-    for idx in periods {
-        for w in synth.windows(PERIOD_MS, idx) {
-            let key = format!("category/{}/{}", w.dimension_value, w.window_start);
-            let payload = enc.encode(&w).unwrap();
-            producer
-                .send(
-                    FutureRecord::to(topic).key(&key).payload(&payload),
-                    Duration::from_secs(30),
-                )
-                .await
-                .unwrap();
-        }
-    }
-    producer.flush(Duration::from_secs(30)).unwrap();
 }
 
 async fn create_forecast_table(keyspace: &str) -> scylla::client::session::Session {
@@ -211,7 +129,7 @@ async fn demand_shift_triggers_retrain_promotion_and_recovery() {
     // History: three weeks less a day, before the service starts (it replays the topic from
     // the beginning and trains its first champion once caught up, on the newest history).
     let live_from = SHIFT_AT - 24;
-    send_periods(&producer, &topic, &enc, &synth, START..live_from).await;
+    stream_periods(&producer, &topic, &enc, &synth, PERIOD_MS, START..live_from).await;
     let mut svc = start(&prefix, &keyspace, &store);
     let closed = "cartstream_model_periods_closed_total";
     let m = wait_for(
@@ -231,7 +149,15 @@ async fn demand_shift_triggers_retrain_promotion_and_recovery() {
         "no live period before the champion serves"
     );
     // A day live before the shift: the champion is judged on it.
-    send_periods(&producer, &topic, &enc, &synth, live_from..SHIFT_AT).await;
+    stream_periods(
+        &producer,
+        &topic,
+        &enc,
+        &synth,
+        PERIOD_MS,
+        live_from..SHIFT_AT,
+    )
+    .await;
     let m = wait_for(
         &mut svc,
         "a day of live periods",
@@ -345,7 +271,7 @@ async fn demand_shift_triggers_retrain_promotion_and_recovery() {
     let mut recovered_at = None;
     let mut next = SHIFT_AT;
     while next < SHIFT_AT + 24 * 6 && recovered_at.is_none() {
-        send_periods(&producer, &topic, &enc, &synth, next..next + 12).await;
+        stream_periods(&producer, &topic, &enc, &synth, PERIOD_MS, next..next + 12).await;
         next += 12;
         let m = wait_for(
             &mut svc,
@@ -385,7 +311,7 @@ async fn demand_shift_triggers_retrain_promotion_and_recovery() {
             recovered_at = Some(next - SHIFT_AT);
         }
     }
-    let m = scrape(&svc.metrics).await;
+    let m = kit::scrape_metrics(&svc.metrics).await;
     let triggered = get(&m, "cartstream_model_retrains_total{trigger=\"error\"}")
         + get(&m, "cartstream_model_retrains_total{trigger=\"drift\"}");
     assert!(

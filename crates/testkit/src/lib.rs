@@ -6,7 +6,8 @@
 //! A test that cannot reach the stack fails with a message saying how to start it; it does not
 //! skip silently.
 
-use std::net::{TcpStream, ToSocketAddrs};
+use std::collections::HashMap;
+use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +23,39 @@ impl Drop for ChildGuard {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// A free TCP port on loopback (for a service's metrics or API address).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port on 127.0.0.1")
+}
+
+/// Every sample of the Prometheus text exposition at `url`, as `name{labels}` -> value; empty
+/// when the endpoint does not answer (a service still starting).
+pub async fn scrape_metrics(url: &str) -> HashMap<String, f64> {
+    let Ok(r) = reqwest::get(url).await else {
+        return HashMap::new();
+    };
+    let text = r.text().await.unwrap_or_default();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Sum of every sample of metric `name` in a scrape (all its label sets).
+pub fn metric_total(m: &HashMap<String, f64>, name: &str) -> f64 {
+    let labelled = format!("{name}{{");
+    m.iter()
+        .filter(|(k, _)| *k == name || k.starts_with(&labelled))
+        .map(|(_, v)| v)
+        .sum()
 }
 
 fn env_or(key: &str, default: &str) -> String {

@@ -297,3 +297,18 @@ pub fn without_quality_alerts(rows: &BTreeSet<String>) -> (BTreeSet<String>, usi
     let n = rows.len() - kept.len();
     (kept, n)
 }
+
+/// Every data record of `topic` in the namespace `prefix` (control records left out), read to
+/// its end with a reader of the test's own.
+pub async fn topic_records(
+    prefix: &str,
+    topic: cartstream_kafka::Topic,
+) -> Vec<rdkafka::message::OwnedMessage> {
+    let config = kit::kafka().consumer("cartstream-e2e-read").unwrap();
+    let name = cartstream_kafka::TopicNames::with_prefix(prefix).name(topic);
+    tokio::task::spawn_blocking(move || {
+        cartstream_kafka::read::read_to_end(&config, &name, Duration::from_secs(120)).unwrap()
+    })
+    .await
+    .unwrap()
+}
