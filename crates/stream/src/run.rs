@@ -1072,10 +1072,10 @@ async fn process_batch<P: Processor>(
         }
     }
     // A dead letter goes to the dead-letter partition of its source partition (modulo), not by
-    // its key: then the dead letters of one input partition keep that partition's order in one
-    // dead-letter partition, in every run and replay (a record without a key would otherwise
-    // land on a random partition), so what reads them in order (the quality gates) judges a
-    // replay as the original.
+    // its key: the dead letters of one input partition keep that partition's order in one
+    // dead-letter partition in every run and replay (a record without a key would otherwise
+    // land on a random partition). With fewer dead-letter partitions than input partitions,
+    // the inputs that share one interleave in processing order.
     let dlq_partitions = if out.dead.is_empty() {
         1
     } else {
