@@ -19,16 +19,16 @@
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
 use std::collections::{BTreeMap, HashSet};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use cartstream_events::types::{Alert, AlertType, DeadLetter, Product, RawEvent, SourceMeta};
 use cartstream_events::{Decoder, Encoder};
-use cartstream_kafka::{read, KafkaArgs, Topic, TopicNames};
+use cartstream_kafka::{Topic, TopicNames};
 use cartstream_producer::cli::{Cli, Command as ProducerCommand};
 use cartstream_testkit as kit;
+use cartstream_testkit::{read_all, StackEnv};
 use clap::Parser;
-use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
 
@@ -46,25 +46,9 @@ fn spawn(bin: &str, prefix: &str, instance: &str, extra: &[&str]) -> Child {
             instance,
         ])
         .args(extra)
-        .env("KAFKA_BROKERS", kit::brokers())
-        .env("SCHEMA_REGISTRY_URL", kit::registry_url())
-        .env(
-            "RUST_LOG",
-            std::env::var("CARTSTREAM_IT_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stack_env()
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"))
-}
-
-fn read_all(kafka: &KafkaArgs, topic: &str) -> Vec<OwnedMessage> {
-    read::read_to_end(
-        &kafka.consumer("it-verify").unwrap(),
-        topic,
-        Duration::from_secs(120),
-    )
-    .unwrap()
 }
 
 /// Simulated minutes before the trend: `CARTSTREAM_DETECTOR_STEADY_MINUTES` (default 45; e.g. 300

@@ -16,7 +16,7 @@
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cartstream_events::types::{DeadLetter, EnrichedEvent, EventType, KpiWindow, Session};
@@ -24,6 +24,7 @@ use cartstream_events::{Decoder, Encoder};
 use cartstream_kafka::control::{self, EndOfInput, CONTROL_KEY};
 use cartstream_kafka::{read, KafkaArgs, Topic, TopicNames};
 use cartstream_testkit as kit;
+use cartstream_testkit::StackEnv;
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
@@ -49,14 +50,7 @@ fn spawn(bin: &str, prefix: &str, extra: &[&str]) -> kit::ChildGuard {
                 "100ms",
             ])
             .args(extra)
-            .env("KAFKA_BROKERS", kit::brokers())
-            .env("SCHEMA_REGISTRY_URL", kit::registry_url())
-            .env(
-                "RUST_LOG",
-                std::env::var("CARTSTREAM_IT_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stack_env()
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {bin}: {e}")),
     )

@@ -10,7 +10,7 @@
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use cartstream_events::types::{
@@ -19,6 +19,7 @@ use cartstream_events::types::{
 use cartstream_events::{Decoder, Encoder};
 use cartstream_kafka::{read, KafkaArgs, Topic, TopicNames};
 use cartstream_testkit as kit;
+use cartstream_testkit::StackEnv;
 use rand::{Rng, SeedableRng};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
@@ -209,14 +210,7 @@ fn spawn(bin: &str, prefix: &str, instance: &str) -> Child {
             "--batch-size",
             "500",
         ])
-        .env("KAFKA_BROKERS", kit::brokers())
-        .env("SCHEMA_REGISTRY_URL", kit::registry_url())
-        .env(
-            "RUST_LOG",
-            std::env::var("CARTSTREAM_IT_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stack_env()
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"))
 }

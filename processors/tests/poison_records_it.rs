@@ -10,16 +10,17 @@
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
 use std::collections::{BTreeSet, HashMap};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cartstream_events::types::{CleanEvent, DeadLetter, RawEvent, SourceMeta};
 use cartstream_events::{Decoder, Encoder};
 use cartstream_kafka::admin::{self, TopicSpec};
 use cartstream_kafka::topics::DLQ_MAX_MESSAGE_BYTES;
-use cartstream_kafka::{read, KafkaArgs, Topic, TopicNames};
+use cartstream_kafka::{Topic, TopicNames};
 use cartstream_stream::dead;
 use cartstream_testkit as kit;
+use cartstream_testkit::{read_all, StackEnv};
 use rdkafka::message::{Headers, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
@@ -52,15 +53,6 @@ fn raw(i: usize, now: i64) -> RawEvent {
             sent_at: now + i as i64,
         },
     }
-}
-
-fn read_all(kafka: &KafkaArgs, topic: &str) -> Vec<OwnedMessage> {
-    read::read_to_end(
-        &kafka.consumer("it-verify").unwrap(),
-        topic,
-        Duration::from_secs(60),
-    )
-    .unwrap()
 }
 
 fn header(m: &OwnedMessage, name: &str) -> Option<String> {
@@ -159,14 +151,7 @@ async fn poison_records_are_dead_lettered_and_the_partition_goes_on() {
     let _cleaner = kit::ChildGuard(
         Command::new(env!("CARGO_BIN_EXE_cartstream-cleaner"))
             .args(["--topic-prefix", &prefix, "--metrics-addr", "off"])
-            .env("KAFKA_BROKERS", kit::brokers())
-            .env("SCHEMA_REGISTRY_URL", kit::registry_url())
-            .env(
-                "RUST_LOG",
-                std::env::var("CARTSTREAM_IT_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stack_env()
             .spawn()
             .unwrap(),
     );

@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 
 use cartstream_events::types::{EnrichedEvent, EventType, Session};
 use cartstream_events::{Decoder, Encoder};
-use cartstream_kafka::{read, KafkaArgs, Topic, TopicNames};
+use cartstream_kafka::{Topic, TopicNames};
 use cartstream_testkit as kit;
+use cartstream_testkit::read_all;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
 use tokio::net::{TcpListener, TcpStream};
@@ -103,15 +104,6 @@ fn metric(port: u16, name: &str) -> f64 {
         .filter(|l| l.starts_with(name))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
-}
-
-fn read_all(kafka: &KafkaArgs, topic: &str) -> Vec<rdkafka::message::OwnedMessage> {
-    read::read_to_end(
-        &kafka.consumer("it-verify").unwrap(),
-        topic,
-        Duration::from_secs(60),
-    )
-    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

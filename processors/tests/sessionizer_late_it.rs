@@ -12,20 +12,11 @@ use std::time::{Duration, Instant};
 
 use cartstream_events::types::{DeadLetter, EnrichedEvent, EventType, Session};
 use cartstream_events::{Decoder, Encoder};
-use cartstream_kafka::{read, KafkaArgs, Topic, TopicNames};
+use cartstream_kafka::{Topic, TopicNames};
 use cartstream_testkit as kit;
-use rdkafka::message::OwnedMessage;
+use cartstream_testkit::read_all;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
-
-fn read_all(kafka: &KafkaArgs, topic: &str) -> Vec<OwnedMessage> {
-    read::read_to_end(
-        &kafka.consumer("it-verify").unwrap(),
-        topic,
-        Duration::from_secs(60),
-    )
-    .unwrap()
-}
 
 fn event(id: &str, session: &str, t: i64, kind: EventType) -> EnrichedEvent {
     EnrichedEvent {

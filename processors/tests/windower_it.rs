@@ -21,14 +21,15 @@
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use cartstream_events::types::{EnrichedEvent, EventType, KpiWindow, LateEvent};
 use cartstream_events::{Decoder, Encoder};
-use cartstream_kafka::{read, KafkaArgs, Topic, TopicNames};
+use cartstream_kafka::{Topic, TopicNames};
 use cartstream_producer::cli::{Cli, Command as ProducerCommand};
 use cartstream_testkit as kit;
+use cartstream_testkit::{read_all, StackEnv};
 use clap::Parser;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
@@ -41,15 +42,6 @@ fn env_or(name: &str, default: i64) -> i64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn read_all(kafka: &KafkaArgs, topic: &str) -> Vec<rdkafka::message::OwnedMessage> {
-    read::read_to_end(
-        &kafka.consumer("it-verify").unwrap(),
-        topic,
-        Duration::from_secs(120),
-    )
-    .unwrap()
 }
 
 fn spawn(bin: &str, prefix: &str, instance: &str, extra: &[String]) -> Child {
@@ -65,14 +57,7 @@ fn spawn(bin: &str, prefix: &str, instance: &str, extra: &[String]) -> Child {
             "500",
         ])
         .args(extra)
-        .env("KAFKA_BROKERS", kit::brokers())
-        .env("SCHEMA_REGISTRY_URL", kit::registry_url())
-        .env(
-            "RUST_LOG",
-            std::env::var("CARTSTREAM_IT_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stack_env()
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"))
 }

@@ -8,12 +8,14 @@
 
 use std::collections::HashMap;
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use cartstream_events::{Registry, RegistryConfig};
 use cartstream_kafka::admin;
 use cartstream_kafka::KafkaArgs;
+use rdkafka::message::OwnedMessage;
 
 /// Kills the child process when dropped, so a failing assertion leaves no service running.
 pub struct ChildGuard(pub std::process::Child);
@@ -23,6 +25,35 @@ impl Drop for ChildGuard {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Points a cartstream binary started by a test at the local stack (`KAFKA_BROKERS`,
+/// `SCHEMA_REGISTRY_URL`, `SCYLLA_URI`) with the tests' log level (`CARTSTREAM_IT_LOG`, default
+/// `warn`): its stdout discarded, its stderr the test's.
+pub trait StackEnv {
+    fn stack_env(&mut self) -> &mut Self;
+}
+
+impl StackEnv for Command {
+    fn stack_env(&mut self) -> &mut Self {
+        self.env("KAFKA_BROKERS", brokers())
+            .env("SCHEMA_REGISTRY_URL", registry_url())
+            .env("SCYLLA_URI", scylla_uri())
+            .env("RUST_LOG", env_or("CARTSTREAM_IT_LOG", "warn"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+    }
+}
+
+/// Every data record of `topic` (control records left out) read to its end by a reader of the
+/// test's own.
+pub fn read_all(kafka: &KafkaArgs, topic: &str) -> Vec<OwnedMessage> {
+    cartstream_kafka::read::read_to_end(
+        &kafka.consumer("it-verify").expect("consumer config"),
+        topic,
+        Duration::from_secs(120),
+    )
+    .expect("reading a topic to its end")
 }
 
 /// A free TCP port on loopback (for a service's metrics or API address).

@@ -2,19 +2,19 @@
 //! its metrics register once). See `sessionizer_it.rs` for what is checked.
 
 use std::collections::{BTreeMap, HashMap};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use cartstream_events::types::{
     DeadLetter, EnrichedEvent, EventType, RawEvent, Session, SourceMeta,
 };
 use cartstream_events::{Decoder, Encoder};
-use cartstream_kafka::{read, KafkaArgs, Topic, TopicNames};
+use cartstream_kafka::{KafkaArgs, Topic, TopicNames};
 use cartstream_producer::cli::{Cli, Command as ProducerCommand};
 use cartstream_testkit as kit;
+use cartstream_testkit::{read_all, StackEnv};
 use clap::Parser;
 use rand::{Rng, SeedableRng};
-use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
 
@@ -41,25 +41,9 @@ pub fn spawn(bin: &str, prefix: &str, instance: &str, extra: &[&str]) -> Child {
             "500",
         ])
         .args(extra)
-        .env("KAFKA_BROKERS", kit::brokers())
-        .env("SCHEMA_REGISTRY_URL", kit::registry_url())
-        .env(
-            "RUST_LOG",
-            std::env::var("CARTSTREAM_IT_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stack_env()
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"))
-}
-
-fn read_all(kafka: &KafkaArgs, topic: &str) -> Vec<OwnedMessage> {
-    read::read_to_end(
-        &kafka.consumer("it-verify").unwrap(),
-        topic,
-        Duration::from_secs(120),
-    )
-    .unwrap()
 }
 
 /// The producer, in this process, as `cartstream-producer simulate ...` would run.

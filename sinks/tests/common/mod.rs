@@ -2,12 +2,12 @@
 
 #![allow(dead_code)]
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use cartstream_events::types::{EnrichedEvent, EventType};
 use cartstream_kafka::KafkaArgs;
-use cartstream_testkit as kit;
+use cartstream_testkit::StackEnv;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
@@ -80,16 +80,7 @@ impl Sender {
 /// A running sink binary.
 pub fn spawn(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Child {
     let mut c = Command::new(bin);
-    c.args(args)
-        .env("KAFKA_BROKERS", kit::brokers())
-        .env("SCHEMA_REGISTRY_URL", kit::registry_url())
-        .env("SCYLLA_URI", kit::scylla_uri())
-        .env(
-            "RUST_LOG",
-            std::env::var("CARTSTREAM_IT_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
+    c.args(args).stack_env();
     for (k, v) in env {
         c.env(k, v);
     }
