@@ -120,11 +120,12 @@ echo "  trend alerts:"
 for line in sys.stdin:
     a = json.loads(line)
     print("    %-8s %-40s observed %5.0f  baseline %6.1f  threshold %6.1f" % (a["severity"], a["subject_kind"] + " " + a["subject_id"], a["observed"], a["baseline"], a["threshold"]))' | head -10
-echo "  data quality (the detector's gates, latest judged window; breaches raise data_quality alerts):"
-prom 'max by (subject) (cartstream_quality_rate{gate="field"})' subject
-prom 'max by (subject) (cartstream_quality_rate{gate="reject"} > 0)' subject
+echo "  data quality, % of the latest judged window (the detector's gates: unknown fields, rejects by reason):"
+prom '100 * max by (subject) (cartstream_quality_rate{gate="field"})' subject
+prom '100 * max by (subject) (cartstream_quality_rate{gate="reject"} > 0)' subject
+echo "  data-quality breaches (each one a data_quality alert):"
 prom 'sum by (gate) (cartstream_quality_breaches_total)' gate
-echo "  false price anomalies: none expected (the live run prices from catalog.products)"
+echo "  price anomalies (the live run prices from catalog.products as the history left it):"
 prom 'sum(cartstream_detector_alerts_total{alert_type="price_anomaly"})'
 echo "  forecast (model service):"
 model_port=$(port model-api)
